@@ -1,0 +1,166 @@
+"""The engine interface: a ragged step API that DeepSpeed v1 AutoTP and v2 FastGen both implement.
+
+Every rank holds one engine and calls the same methods with the same arguments in the same order
+(the scheduler on rank 0 broadcasts each step). One step:
+
+    logits = engine.forward(uids, chunks)   # chunks[i] = NEW tokens of sequence uids[i]
+                                            # (its prompt, or a piece of it, on its first step;
+                                            #  one sampled token per decode step)
+    -> Tensor[len(uids), vocab] float32 on CPU: the logits after the last token of each chunk
+    engine.release(uid)                     # the sequence is finished: free its KV cache
+
+FastGen maps this 1:1 onto `engine.put(uids, token_lists)` / `engine.flush(uid)`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class EngineError(RuntimeError):
+    """A fatal engine problem (bad model, sharding not applied, unsupported setup)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job (from the launcher's environment)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    host: str = "localhost"
+
+    @property
+    def single_host(self) -> bool:
+        return self.local_size == self.world_size
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """Everything an engine needs to load; identical on every rank."""
+
+    model_dir: str
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    tp_size: int = 1
+    device: str = "cpu"  # cpu | cuda
+    max_batch_size: int = 8
+    max_seq_len: int = 0  # 0 = the model's max_position_embeddings
+    kv_cache_gb: float = 0.0  # fastgen: KV cache budget per GPU (0 = engine default)
+    kernel_inject: bool = False  # autotp: only honoured where DeepSpeed has a policy
+    tp_grain_size: int = 0  # autotp: 0 = DeepSpeed's default (64)
+    dist: DistInfo = dataclasses.field(default_factory=DistInfo)
+
+
+class Engine(abc.ABC):
+    """One rank's share of a tensor-parallel model."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Append chunks[i] to sequence uids[i] (new uid = new sequence); last-token logits [n, vocab]."""
+
+    @abc.abstractmethod
+    def release(self, uid: int) -> None:
+        """Forget sequence uid and free its KV cache (unknown uid: no-op)."""
+
+    def can_schedule(self, uids: Sequence[int], lengths: Sequence[int]) -> bool:
+        """Capacity hint: can one step carry these (uid, new-token count) pairs? Default: batch size."""
+        return len(uids) <= self.max_batch_size
+
+    @property
+    @abc.abstractmethod
+    def max_batch_size(self) -> int:
+        """Most sequences in one step."""
+
+    @property
+    @abc.abstractmethod
+    def max_seq_len(self) -> int:
+        """Longest sequence (prompt + generated) the engine can hold."""
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Width of the logits returned by forward()."""
+
+    @abc.abstractmethod
+    def weight_report(self) -> dict[str, Any]:
+        """This rank: weight_bytes, linear_weight_bytes, full_linear_weight_bytes, linear_fraction."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Engine name, dtype, tp size, device and engine-specific facts for /health."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free resources at shutdown."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by engines (pure functions: unit-testable without a model)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(name: str, model_dir: str | Path, device: str) -> torch.dtype:
+    """'auto' → the checkpoint's dtype on CUDA, float32 on CPU (bf16 matmuls are slow there)."""
+    if name != "auto":
+        try:
+            return DTYPES[name]
+        except KeyError:
+            raise EngineError(f"unknown dtype {name!r}; use auto or one of {sorted(DTYPES)}") from None
+    if device == "cpu":
+        return torch.float32
+    cfg = load_config(model_dir)
+    return DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"), torch.bfloat16)
+
+
+def load_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EngineError(f"no config.json in model dir {model_dir}") from None
+
+
+def full_linear_weight_elements(cfg: dict[str, Any]) -> int:
+    """Elements in all Linear weights (attention, MLP, lm_head) of a llama-family decoder.
+
+    Used to check sharding against the unsharded model without loading it. Biases excluded.
+    """
+    h = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or h // heads)
+    inter = int(cfg["intermediate_size"])
+    layers = int(cfg["num_hidden_layers"])
+    vocab = int(cfg["vocab_size"])
+    attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h
+    mlp = 3 * h * inter
+    return layers * (attn + mlp) + h * vocab
+
+
+def check_sharding(fraction: float, tp_size: int, tolerance: float = 0.25) -> str | None:
+    """None when a rank's linear-weight fraction is ≈ 1/tp, else a message saying what is wrong."""
+    expected = 1.0 / tp_size
+    if abs(fraction - expected) <= tolerance * expected:
+        return None
+    return (
+        f"tensor parallelism was NOT applied as asked: this rank holds {fraction:.3f} of the linear "
+        f"weights, expected ≈ {expected:.3f} for tp_size={tp_size} (no AutoTP/injection policy for this "
+        "architecture, or kernel injection without a policy)"
+    )
