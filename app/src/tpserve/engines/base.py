@@ -6,7 +6,8 @@ Every rank holds one engine and calls the same methods with the same arguments i
     logits = engine.forward(uids, chunks)   # chunks[i] = NEW tokens of sequence uids[i]
                                             # (its prompt, or a piece of it, on its first step;
                                             #  one sampled token per decode step)
-    -> Tensor[len(uids), vocab] float32 on CPU: the logits after the last token of each chunk
+    -> Tensor[len(uids), vocab]: the logits after the last token of each chunk, float32 on the
+       CPU (autotp) or on the engine's GPU (fastgen: sampling.sample_batch argmaxes there)
     engine.release(uid)                     # the sequence is finished: free its KV cache
 
 FastGen maps this 1:1 onto `engine.put(uids, token_lists)` / `engine.flush(uid)`.

@@ -13,13 +13,26 @@ Facts this module relies on (docs/… and /work/shared/notes/deepspeed.md):
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from tpserve.engines.base import (
+    Engine,
+    EngineError,
+    EngineOptions,
+    check_sharding,
+    full_linear_weight_elements,
+    load_config,
+)
+
+log = logging.getLogger("tpserve.engines.fastgen")
 
 #: Model types DeepSpeed 0.19.8's ``build_hf_engine`` has policies for.
 FASTGEN_MODEL_TYPES = frozenset(
@@ -35,8 +48,10 @@ class FastGenSettings:
 
     model_dir: str
     tp_size: int = 1
-    #: KV cache size in blocks (ALLOCATE mode). None: RESERVE mode, leave ``kv_reserve_bytes`` free.
+    #: KV cache size in blocks (ALLOCATE mode); or in GiB per GPU (converted to blocks).
+    #: Neither: RESERVE mode, leave ``kv_reserve_bytes`` free (DeepSpeed's default takes ~all memory).
     kv_cache_blocks: int | None = None
+    kv_cache_gb: float = 0.0
     #: GPU memory left free after the KV cache is allocated (RESERVE mode).
     kv_reserve_bytes: int = 8 * 2**30
     #: Tokens in one forward (prefill chunks + decode tokens): the chunked-prefill budget.
@@ -90,12 +105,13 @@ def _ensure_dist_env() -> None:
         os.environ.setdefault(key, value)
 
 
-class FastGenEngine:
-    """Ragged step engine over ``deepspeed.inference.v2``.
+class FastGenEngine(Engine):
+    """Ragged step engine over ``deepspeed.inference.v2`` (the tpserve Engine interface).
 
-    ``put(uids, token_lists)`` appends tokens to each sequence (a new uid starts a sequence) and
-    returns the next-token logits of each, on the GPU, shape ``[len(uids), vocab]``. Batches over
-    ``max_batch_tokens`` are split into several forwards (chunked prefill) transparently.
+    ``forward(uids, chunks)`` appends tokens to each sequence (a new uid starts a sequence) and
+    returns the next-token logits of each, ON THE GPU, shape ``[len(uids), vocab]`` (the scheduler
+    samples there: only token ids cross to the host). A step over ``max_batch_tokens`` is split
+    into several forwards (chunked prefill) transparently.
     """
 
     name = "fastgen"
@@ -103,19 +119,26 @@ class FastGenEngine:
     def __init__(self, settings: FastGenSettings) -> None:
         reason = _preflight(settings)
         if reason:
-            raise RuntimeError(f"fastgen engine cannot run: {reason}")
+            raise EngineError(f"fastgen engine cannot run: {reason}")
         _ensure_dist_env()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
         from deepspeed.inference.v2 import RaggedInferenceEngineConfig, build_hf_engine
 
         self.settings = settings
+        self.config = load_config(settings.model_dir)
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(self.local_rank)
-        if settings.kv_cache_blocks:
-            memory = {"mode": "allocate", "size": settings.kv_cache_blocks}
+        self.device = torch.device("cuda", self.local_rank)
+        self.kv_blocks_asked = settings.kv_cache_blocks or (
+            kv_blocks_for(self.config, settings.tp_size, settings.kv_cache_gb)
+            if settings.kv_cache_gb
+            else None
+        )
+        if self.kv_blocks_asked:
+            memory = {"mode": "allocate", "size": self.kv_blocks_asked}
         else:
             memory = {"mode": "reserve", "size": settings.kv_reserve_bytes}
-        config = RaggedInferenceEngineConfig(
+        engine_config = RaggedInferenceEngineConfig(
             tensor_parallel={"tp_size": settings.tp_size},
             state_manager={
                 "max_tracked_sequences": settings.max_tracked_sequences,
@@ -126,68 +149,204 @@ class FastGenEngine:
             },
             **settings.extra,
         )
-        self._engine = build_hf_engine(settings.model_dir, config)
-        self.device = torch.device("cuda", self.local_rank)
+        t0 = time.monotonic()
+        full_linear = full_linear_weight_elements(self.config)
+        self._engine = build_hf_engine(settings.model_dir, engine_config)
+        self.kv_blocks_total = self.free_kv_blocks
+        self.load_s = round(time.monotonic() - t0, 1)
+        self._lengths: dict[int, int] = {}
+        self._report = self._make_report(full_linear)
+        log.info(
+            "fastgen tp=%d ready in %.1f s; KV cache %d blocks; %s",
+            settings.tp_size,
+            self.load_s,
+            self.kv_blocks_total,
+            self._report,
+        )
+        if settings.tp_size > 1:
+            problem = check_sharding(self._report["linear_fraction"], settings.tp_size)
+            if problem:
+                raise EngineError(problem)
+
+    def _make_report(self, full_linear_elements: int) -> dict[str, Any]:
+        """This rank's weight bytes; linear share = all weights minus the (replicated) embedding table.
+
+        Norms and biases are counted as linear: they are < 0.1% of a 7B model's bytes.
+        """
+        total = sum(p.numel() * p.element_size() for p in _v2_parameters(self._engine.model))
+        elem = 2  # v2 holds 16-bit weights
+        embedding = int(self.config["vocab_size"]) * int(self.config["hidden_size"]) * elem
+        if self.config.get("tie_word_embeddings"):
+            embedding = 0  # one table serves both; it is sharded as the unembedding
+        linear = total - embedding
+        full = full_linear_elements * elem
+        return {
+            "weight_bytes": total,
+            "linear_weight_bytes": linear,
+            "full_linear_weight_bytes": full,
+            "linear_fraction": round(linear / full, 4) if full else 0.0,
+        }
 
     # -- capacity -------------------------------------------------------------------------
     @property
     def free_kv_blocks(self) -> int:
         return int(self._engine.free_blocks[0])
 
-    def can_add(self, uid: int, n_tokens: int, reserved_blocks: int = 0) -> tuple[bool, int]:
-        """Whether ``n_tokens`` more tokens of ``uid`` fit in the KV cache; and the blocks they take."""
-        free = self.free_kv_blocks - reserved_blocks
-        if free < 0:
-            return False, 0
-        fit_tokens, blocks = self._engine.query(uid, n_tokens, free)
-        return fit_tokens == n_tokens, int(blocks)
+    def can_schedule(self, uids: Sequence[int], lengths: Sequence[int]) -> bool:
+        """Whether one step with these (uid, new tokens) fits: sequences, KV blocks, context."""
+        if len(uids) > self.settings.max_batch_sequences:
+            return False
+        new = sum(1 for u in uids if u not in self._lengths)
+        if len(self._lengths) + new > self.settings.max_tracked_sequences:
+            return False
+        free = self.free_kv_blocks
+        for uid, n in zip(uids, lengths, strict=True):
+            if self._lengths.get(uid, 0) + n > self.settings.max_context:
+                return False
+            fit, blocks = self._engine.query(uid, n, free)
+            if fit != n:
+                return False
+            free -= int(blocks)
+        return True
 
     # -- steps ----------------------------------------------------------------------------
-    def put(self, uids: Sequence[int], token_lists: Sequence[Sequence[int] | torch.Tensor]) -> torch.Tensor:
-        tokens = [_as_tensor(t) for t in token_lists]
+    @torch.inference_mode()
+    def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        tokens = [_as_tensor(t) for t in chunks]
         if len(uids) != len(tokens) or any(t.numel() == 0 for t in tokens):
-            raise ValueError("put needs one non-empty token list per uid")
+            raise ValueError("forward needs one non-empty chunk per uid")
+        for uid, t in zip(uids, tokens, strict=True):
+            length = self._lengths.get(uid, 0) + t.numel()
+            if length > self.settings.max_context:
+                raise ValueError(
+                    f"uid {uid} would reach {length} tokens > max_context {self.settings.max_context}"
+                )
         budget = self.settings.max_batch_tokens
         max_seqs = self.settings.max_batch_sequences
         if sum(t.numel() for t in tokens) <= budget and len(uids) <= max_seqs:
-            return self._forward(list(uids), tokens)
-        # Chunked prefill: forwards of at most `budget` tokens; keep each sequence's last logits.
+            logits = self._put(list(uids), tokens)
+        else:
+            logits = self._chunked(list(uids), tokens, budget, max_seqs)
+        for uid, t in zip(uids, tokens, strict=True):
+            self._lengths[uid] = self._lengths.get(uid, 0) + t.numel()
+        return logits
+
+    def _chunked(
+        self, uids: list[int], tokens: list[torch.Tensor], budget: int, max_seqs: int
+    ) -> torch.Tensor:
+        """Forwards of at most `budget` tokens / `max_seqs` sequences; keep each sequence's last logits."""
         out: list[torch.Tensor | None] = [None] * len(uids)
         offsets = [0] * len(uids)
         while any(offsets[i] < tokens[i].numel() for i in range(len(uids))):
             batch_idx: list[int] = []
-            chunks: list[torch.Tensor] = []
+            pieces: list[torch.Tensor] = []
             room = budget
             for i, t in enumerate(tokens):
                 left = t.numel() - offsets[i]
                 if left <= 0 or room <= 0 or len(batch_idx) >= max_seqs:
                     continue
                 take = min(left, room)
-                chunks.append(t[offsets[i] : offsets[i] + take])
+                pieces.append(t[offsets[i] : offsets[i] + take])
                 batch_idx.append(i)
                 offsets[i] += take
                 room -= take
-            logits = self._forward([uids[i] for i in batch_idx], chunks)
+            logits = self._put([uids[i] for i in batch_idx], pieces)
             for row, i in enumerate(batch_idx):
                 if offsets[i] == tokens[i].numel():
                     out[i] = logits[row]
         return torch.stack([o for o in out if o is not None])
 
-    def _forward(self, uids: list[int], tokens: list[torch.Tensor]) -> torch.Tensor:
+    def _put(self, uids: list[int], tokens: list[torch.Tensor]) -> torch.Tensor:
         free = self.free_kv_blocks
         for uid, t in zip(uids, tokens, strict=True):
             fit, blocks = self._engine.query(uid, t.numel(), free)
             if fit != t.numel():
-                raise MemoryError(f"KV cache full: uid {uid} needs {t.numel()} tokens, {fit} fit")
+                raise EngineError(
+                    f"KV cache full: uid {uid} needs {t.numel()} more tokens, {fit} fit "
+                    f"({free} free blocks); raise --kv-cache-gb or lower --max-batch-size"
+                )
             free -= int(blocks)
         return self._engine.put(uids, tokens, do_checks=False)
 
-    def flush(self, uid: int) -> None:
-        self._engine.flush(uid)
+    def release(self, uid: int) -> None:
+        if self._lengths.pop(uid, None) is not None:
+            self._engine.flush(uid)
 
-    def greedy(self, logits: torch.Tensor) -> list[int]:
-        """Argmax on the GPU; only the token ids cross to the host."""
-        return logits.argmax(dim=-1).tolist()
+    @property
+    def max_batch_size(self) -> int:
+        return self.settings.max_batch_sequences
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.settings.max_context
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    def weight_report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "dtype": "float16 (DeepSpeed v2 activations)",
+            "device": str(self.device),
+            "tp_size": self.settings.tp_size,
+            "model_type": self.config.get("model_type"),
+            "max_seq_len": self.settings.max_context,
+            "max_batch_size": self.settings.max_batch_sequences,
+            "max_batch_tokens": self.settings.max_batch_tokens,
+            "kv_cache_blocks": self.kv_blocks_total,
+            "kv_cache_free_blocks": self.free_kv_blocks,
+            "load_s": self.load_s,
+        }
+
+
+def settings_from_options(options: EngineOptions) -> FastGenSettings:
+    cfg = load_config(options.model_dir)
+    max_ctx = options.max_seq_len or min(int(cfg.get("max_position_embeddings", 8192)), 8192)
+    seqs = max(1, options.max_batch_size)
+    return FastGenSettings(
+        model_dir=options.model_dir,
+        tp_size=options.tp_size,
+        kv_cache_gb=options.kv_cache_gb,
+        max_batch_tokens=max(2048, min(16384, seqs * 256)),
+        max_batch_sequences=seqs,
+        max_tracked_sequences=max(seqs, 2 * seqs),
+        max_context=max_ctx,
+    )
+
+
+def create_engine(options: EngineOptions) -> Engine:
+    if options.dtype not in ("auto", "float16", "fp16", "bfloat16", "bf16"):
+        raise EngineError(f"fastgen runs 16-bit only (DeepSpeed v2); --dtype {options.dtype} is not possible")
+    return FastGenEngine(settings_from_options(options))
+
+
+def kv_blocks_for(config: dict[str, Any], tp_size: int, gib: float) -> int:
+    """KV blocks that fit in `gib` GiB per GPU (fp16 K+V, this rank's share of the KV heads)."""
+    from deepspeed.inference.v2.kernels.ragged_ops.blocked_flash.blocked_flash import get_kv_block_size
+
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    kv_heads = max(1, int(config.get("num_key_value_heads") or heads) // tp_size)
+    per_block = get_kv_block_size(head_dim) * int(config["num_hidden_layers"]) * 2 * kv_heads * head_dim * 2
+    return max(1, int(gib * 2**30) // per_block)
+
+
+def _v2_parameters(model: Any) -> list[torch.Tensor]:
+    """The v2 model's weights: its flattened parameter buffer, else the containers' tensors."""
+    flat = getattr(model, "flattened_params", None)
+    if isinstance(flat, torch.Tensor):
+        return [flat]
+    out: list[torch.Tensor] = []
+    containers = [*(getattr(model, "_transformer", None) or []), getattr(model, "_non_transformer", None)]
+    for container in containers:
+        for value in vars(container).values() if container is not None else ():
+            if isinstance(value, torch.Tensor) and value.is_cuda:
+                out.append(value)
+    return out
 
 
 def _as_tensor(tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""Process groups: DeepSpeed's data plane (gloo/NCCL) and a gloo control channel with a timeout.
+
+The control channel carries the scheduler's steps from rank 0 to every rank
+(broadcast_object_list over gloo, also on CUDA). Its timeout is the heartbeat timeout: an idle
+rank 0 broadcasts a no-op heartbeat every few seconds, so a rank that waits longer than the
+timeout knows a peer died. Any collective error is fatal (see `fatal`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from tpserve.engines.base import DistInfo
+
+log = logging.getLogger("tpserve.dist")
+
+
+def dist_info_from_env() -> DistInfo:
+    """Read the launcher's RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_SIZE (defaults: one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    return DistInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_size=local_size,
+        host=socket.gethostname(),
+    )
+
+
+def fatal(message: str, code: int = 1) -> None:
+    """Log and leave NOW (no atexit, no waiting on threads): a TP group with a dead rank is useless."""
+    log.critical("%s; exiting with %d", message, code)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+class Channel:
+    """Rank-0 → all broadcast and all-gather; a no-op loopback when world_size == 1."""
+
+    def __init__(self, info: DistInfo, group: Any = None) -> None:
+        self.info = info
+        self.group = group
+
+    def broadcast(self, message: Any = None) -> Any:
+        if self.info.world_size == 1:
+            return message
+        import torch.distributed as tdist
+
+        box = [message if self.info.rank == 0 else None]
+        tdist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Gather on the default group (long timeout: ranks may finish loading at different times)."""
+        if self.info.world_size == 1:
+            return [obj]
+        import torch.distributed as tdist
+
+        out: list[Any] = [None] * self.info.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+
+def init(info: DistInfo, device: str, heartbeat_timeout_s: float, startup_timeout_s: float = 1800) -> Channel:
+    """Initialise torch.distributed through DeepSpeed and build the control channel."""
+    if info.world_size == 1:
+        return Channel(info)
+    import deepspeed
+    import deepspeed.comm as dscomm
+    import torch.distributed as tdist
+
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        import torch
+
+        torch.cuda.set_device(info.local_rank)
+    deepspeed.init_distributed(dist_backend=backend, timeout=dt.timedelta(seconds=startup_timeout_s))
+    if device == "cpu" and not info.single_host:
+        # DeepSpeed's shm all-reduce is only valid when every rank shares one host; across hosts it
+        # SEGFAULTs (deepspeed#7625). Level 0 makes inference_all_reduce use torch.distributed (gloo).
+        dscomm.comm.cdb.shm_vector_kernel_level = 0
+        log.info("ranks span hosts: DeepSpeed shm all-reduce disabled, gloo all-reduce used")
+    group = tdist.new_group(backend="gloo", timeout=dt.timedelta(seconds=heartbeat_timeout_s))
+    log.info(
+        "rank %d/%d (local %d/%d on %s) joined; data plane %s, control gloo (timeout %.0f s)",
+        info.rank,
+        info.world_size,
+        info.local_rank,
+        info.local_size,
+        info.host,
+        backend,
+        heartbeat_timeout_s,
+    )
+    return Channel(info, group)
+
+
+def unlink_own_shm_buffer(info: DistInfo) -> bool:
+    """Unlink this rank's DeepSpeed shm all-reduce buffer name (DeepSpeed never does: it leaks).
+
+    Call after a collective that follows init_distributed: by then every local rank has mapped
+    every buffer, and the mappings stay valid after the name is gone. Nothing is left in /dev/shm
+    even if the process is later SIGKILLed. Name: deepspeed_allreduce_buffer_UID_ADDR_PORT_RANK.
+    """
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), info.rank
+    )
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:
+        return False
+    log.info("unlinked /dev/shm/%s (mapping stays valid)", name)
+    return True

@@ -1,0 +1,42 @@
+"""Prometheus metrics (own registry; served at GET /metrics on rank 0)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tpserve_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter("tpserve_prompt_tokens", "Prompt tokens admitted", registry=r)
+        self.output_tokens = Counter("tpserve_output_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram(
+            "tpserve_time_to_first_token_seconds",
+            "Request arrival to first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "tpserve_inter_token_latency_seconds",
+            "Time between consecutive tokens of one sequence",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("tpserve_queue_depth", "Requests waiting to join the batch", registry=r)
+        self.batch_size = Histogram(
+            "tpserve_batch_size", "Sequences per engine step", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("tpserve_requests_in_flight", "Generation requests being served", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,83 @@
+"""The rank protocol: every rank runs every step that rank 0 broadcasts.
+
+Messages (dicts, pickled over the gloo control group):
+    {"op": "step", "uids": [...], "chunks": [[...], ...], "release": [...]}  → engine.forward
+    {"op": "heartbeat", "release": [...]}                                     → nothing (alive)
+    {"op": "shutdown", "release": [...]}                                      → exit 0
+`release` lists finished sequences; every rank frees them before doing anything else.
+
+A rank that waits longer than the control group's timeout, or whose collective fails, exits
+non-zero at once (dist.fatal). The Watchdog also kills a rank whose step hangs (NCCL can block
+for its whole process-group timeout when a peer dies mid-collective).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import torch
+
+from tpserve.dist import Channel, fatal
+from tpserve.engines.base import Engine
+
+log = logging.getLogger("tpserve.ranks")
+
+
+def execute(engine: Engine, message: dict[str, Any]) -> torch.Tensor | None:
+    """Apply one broadcast message on this rank (identical on every rank)."""
+    for uid in message.get("release", ()):
+        engine.release(uid)
+    if message["op"] == "step":
+        return engine.forward(message["uids"], message["chunks"])
+    return None
+
+
+class Watchdog:
+    """Kills the process when one step (broadcast + forward) takes longer than limit_s."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._since: float | None = None
+        self._lock = threading.Lock()
+        if limit_s > 0:
+            threading.Thread(target=self._watch, name="tpserve-watchdog", daemon=True).start()
+
+    def busy(self) -> None:
+        with self._lock:
+            self._since = time.monotonic()
+
+    def idle(self) -> None:
+        with self._lock:
+            self._since = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.limit_s / 4))
+            with self._lock:
+                since = self._since
+            if since is not None and time.monotonic() - since > self.limit_s:
+                fatal(f"a step has been running for more than {self.limit_s:.0f} s (dead peer?)", 3)
+
+
+def worker_loop(engine: Engine, channel: Channel, watchdog: Watchdog) -> int:
+    """Ranks > 0: wait for rank 0's messages and run them until 'shutdown'."""
+    rank = channel.info.rank
+    steps = 0
+    while True:
+        try:
+            message = channel.broadcast(None)
+        except Exception as exc:  # gloo timeout or a peer's connection closed
+            fatal(f"rank {rank}: control channel failed ({type(exc).__name__}: {exc})")
+        watchdog.busy()
+        try:
+            execute(engine, message)
+        except Exception as exc:
+            fatal(f"rank {rank}: step {message.get('op')} failed ({type(exc).__name__}: {exc})")
+        watchdog.idle()
+        if message["op"] == "shutdown":
+            log.info("rank %d: shutdown after %d steps", rank, steps)
+            return 0
+        steps += message["op"] == "step"

@@ -1,0 +1,125 @@
+"""Bring one rank up (process group, engine choice, engine, sharding report) and run its role."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from tpserve import dist
+from tpserve.config import ServeConfig
+from tpserve.engines.base import DistInfo, EngineError, EngineOptions
+
+log = logging.getLogger("tpserve.runtime")
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, str, list[dict[str, Any]]]:
+    """Every rank: join the process group, agree on the engine, load, and gather weight reports."""
+    from tpserve import engines
+
+    device = resolve_device(cfg.device)
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if "OMP_NUM_THREADS" not in os.environ:  # ranks of one host share its cores
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_size)))
+    tp_size = cfg.tp_size or info.world_size
+    if tp_size != info.world_size:
+        raise EngineError(
+            f"--tp-size {tp_size} != WORLD_SIZE {info.world_size}: one launch is one tensor-parallel group "
+            "(run one launch per replica for data parallelism)"
+        )
+    channel = dist.init(info, device, cfg.heartbeat_timeout_s)
+    options = EngineOptions(
+        model_dir=cfg.model_dir,
+        dtype=cfg.dtype,
+        tp_size=tp_size,
+        device=device,
+        max_batch_size=cfg.max_batch_size,
+        kv_cache_gb=cfg.kv_cache_gb,
+        kernel_inject=cfg.kernel_inject,
+        tp_grain_size=cfg.tp_grain_size,
+        dist=info,
+    )
+    # rank 0 decides (one answer for all), every rank learns it through an all-gather
+    choice = engines.select(cfg.engine, options) if info.rank == 0 else None
+    name, reason = channel.all_gather(choice)[0]
+    t0 = time.monotonic()
+    engine = engines.create(name, options)
+    report = {"rank": info.rank, "host": info.host, "local_rank": info.local_rank, **engine.weight_report()}
+    reports = channel.all_gather(report)
+    dist.unlink_own_shm_buffer(info)
+    log.info("rank %d: engine %s ready in %.1f s: %s", info.rank, name, time.monotonic() - t0, report)
+    return engine, channel, name, reason, reports
+
+
+def run_worker(cfg: ServeConfig, info: DistInfo) -> int:
+    from tpserve.ranks import Watchdog, worker_loop
+
+    try:
+        engine, channel, _, _, _ = bring_up(cfg, info)
+    except EngineError as exc:
+        dist.fatal(f"rank {info.rank}: {exc}", 2)
+    except Exception as exc:
+        dist.fatal(f"rank {info.rank}: start-up failed ({type(exc).__name__}: {exc})", 2)
+    code = worker_loop(engine, channel, Watchdog(cfg.step_timeout_s))
+    logging.shutdown()
+    os._exit(code)
+
+
+def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
+    from tpserve.api import build_app
+    from tpserve.ranks import Watchdog
+    from tpserve.scheduler import Scheduler
+    from tpserve.server import serve_http
+    from tpserve.service import Service
+
+    service = Service(cfg, info.world_size)
+
+    def engine_thread() -> None:
+        try:
+            engine, channel, name, reason, reports = bring_up(cfg, info)
+            service.load_tokenizer()
+            watchdog = Watchdog(cfg.step_timeout_s)
+            scheduler = Scheduler(
+                engine,
+                channel,
+                service.decode,
+                service.eos_ids,
+                service.metrics,
+                cfg.max_batch_size,
+                cfg.heartbeat_interval_s,
+                watchdog,
+            )
+            service.ready(scheduler, name, reason, engine.describe(), reports)
+            log.info(
+                "serving %s with %s (%s) on %d rank(s)", cfg.served_model_name, name, reason, len(reports)
+            )
+        except EngineError as exc:
+            dist.fatal(f"rank 0: {exc}", 2)
+        except Exception as exc:
+            log.exception("start-up failed")
+            dist.fatal(f"rank 0: start-up failed ({type(exc).__name__}: {exc})", 2)
+        try:
+            scheduler.run()
+        except Exception as exc:
+            log.exception("scheduler failed")
+            dist.fatal(f"rank 0: step failed ({type(exc).__name__}: {exc})")
+
+    threading.Thread(target=engine_thread, name="tpserve-engine", daemon=True).start()
+    code = serve_http(build_app(service), service, cfg.host, cfg.port)
+    logging.shutdown()
+    os._exit(code)

@@ -1,0 +1,234 @@
+"""Rank 0's scheduler thread: builds each step, broadcasts it, samples, streams tokens back.
+
+Requests arrive from the HTTP event loop through a thread-safe queue and join the running batch
+at step boundaries (continuous batching). Each step carries, for every active sequence, its new
+tokens (the whole prompt on its first step, then the last sampled token). Finished sequences are
+released on every rank through the `release` list of the next broadcast message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from tpserve.engines.base import Engine
+from tpserve.metrics import Metrics
+from tpserve.ranks import Watchdog, execute
+from tpserve.sampling import SamplingParams, make_generator, sample_batch
+from tpserve.textstream import TextStream
+
+log = logging.getLogger("tpserve.scheduler")
+
+
+@dataclasses.dataclass
+class Event:
+    """What the HTTP side receives: text deltas, then one final event."""
+
+    text: str = ""
+    token_id: int | None = None
+    finish_reason: str | None = None  # stop | length | timeout | cancelled | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.finish_reason is not None
+
+
+_uids = itertools.count(1)
+
+
+class Request:
+    """One generation, shared by the HTTP coroutine (reader) and the scheduler thread (writer)."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        timeout_s: float,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: str = "",
+    ) -> None:
+        self.uid = next(_uids)
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.endpoint = endpoint
+        self.created = time.monotonic()
+        self.deadline = self.created + timeout_s
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self._loop = loop
+        # scheduler-thread state
+        self.output_ids: list[int] = []
+        self.prefilled = False
+        self.generator: torch.Generator | None = None
+        self.stream: TextStream | None = None
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.finish_reason: str | None = None
+
+    def cancel(self) -> None:
+        """Called from the HTTP side (client went away, timeout): the scheduler drops it."""
+        self.cancelled.set()
+
+    def push(self, event: Event) -> None:
+        self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        channel: Any,
+        decode: Callable[[list[int]], str],
+        eos_ids: Iterable[int],
+        metrics: Metrics,
+        max_batch_size: int,
+        heartbeat_interval_s: float,
+        watchdog: Watchdog,
+    ) -> None:
+        self.engine = engine
+        self.channel = channel
+        self.decode = decode
+        self.eos_ids = frozenset(eos_ids)
+        self.metrics = metrics
+        self.max_batch_size = min(max_batch_size, engine.max_batch_size)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.watchdog = watchdog
+        self.pending: queue.Queue[Request] = queue.Queue()
+        self.active: list[Request] = []
+        self._release: list[int] = []
+        self._shutdown = threading.Event()
+        self.stopped = threading.Event()
+        self.steps = 0
+
+    # -- called from the HTTP thread -------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        self.pending.put(req)
+        self.metrics.queue_depth.set(self.pending.qsize())
+
+    def queue_depth(self) -> int:
+        return self.pending.qsize()
+
+    def in_flight(self) -> int:
+        return self.pending.qsize() + len(self.active)
+
+    def request_shutdown(self) -> None:
+        """Finish what is queued and running, then broadcast 'shutdown' and return from run()."""
+        self._shutdown.set()
+
+    # -- the loop (rank 0's engine thread) -------------------------------------------------
+    def run(self) -> None:
+        while True:
+            self._reap()
+            self._admit()
+            if not self.active:
+                if self._shutdown.is_set() and self.pending.empty():
+                    self._broadcast({"op": "shutdown"})
+                    self.stopped.set()
+                    return
+                try:
+                    req = self.pending.get(timeout=self.heartbeat_interval_s)
+                except queue.Empty:
+                    self._broadcast({"op": "heartbeat"})
+                    continue
+                self._start(req)
+                continue
+            self._step()
+
+    def _broadcast(self, message: dict[str, Any]) -> torch.Tensor | None:
+        message["release"], self._release = self._release, []
+        self.watchdog.busy()
+        msg = self.channel.broadcast(message)
+        logits = execute(self.engine, msg)
+        self.watchdog.idle()
+        return logits
+
+    def _admit(self) -> None:
+        while len(self.active) < self.max_batch_size:
+            try:
+                req = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            self._start(req)
+        self.metrics.queue_depth.set(self.pending.qsize())
+
+    def _start(self, req: Request) -> None:
+        if req.cancelled.is_set() or time.monotonic() > req.deadline:
+            self._finish(req, "cancelled" if req.cancelled.is_set() else "timeout", release=False)
+            return
+        req.generator = make_generator(req.params)
+        req.stream = TextStream(self.decode, req.params.stop)
+        self.active.append(req)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for req in list(self.active):
+            if req.cancelled.is_set():
+                self._finish(req, "cancelled")
+            elif now > req.deadline:
+                self._finish(req, "timeout")
+
+    def _step(self) -> None:
+        batch = list(self.active)
+        uids = [r.uid for r in batch]
+        chunks = [r.output_ids[-1:] if r.prefilled else r.prompt_ids for r in batch]
+        self.metrics.batch_size.observe(len(batch))
+        logits = self._broadcast({"op": "step", "uids": uids, "chunks": chunks})
+        self.steps += 1
+        assert logits is not None
+        tokens = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+        now = time.monotonic()
+        for req, token in zip(batch, tokens, strict=True):
+            req.prefilled = True
+            self._on_token(req, token, now)
+
+    def _on_token(self, req: Request, token: int, now: float) -> None:
+        if req.first_token_at is None:
+            req.first_token_at = now
+            self.metrics.ttft.observe(now - req.created)
+        else:
+            self.metrics.itl.observe(now - (req.last_token_at or now))
+        req.last_token_at = now
+        req.output_ids.append(token)
+        self.metrics.output_tokens.inc()
+        assert req.stream is not None
+        if token in self.eos_ids and not req.params.ignore_eos:
+            self._finish(req, "stop")
+            return
+        delta = req.stream.add(token)
+        if delta:
+            req.push(Event(text=delta, token_id=token))
+        if req.stream.stopped:
+            self._finish(req, "stop")
+        elif (
+            len(req.output_ids) >= req.params.max_new_tokens
+            or len(req.prompt_ids) + len(req.output_ids) >= self.engine.max_seq_len
+        ):
+            self._finish(req, "length")
+
+    def _finish(self, req: Request, reason: str, release: bool = True) -> None:
+        if req in self.active:
+            self.active.remove(req)
+        if release and req.prefilled:
+            self._release.append(req.uid)
+        req.finish_reason = reason
+        tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
+        req.push(
+            Event(
+                text=tail,
+                finish_reason=reason,
+                prompt_tokens=len(req.prompt_ids),
+                completion_tokens=len(req.output_ids),
+            )
+        )

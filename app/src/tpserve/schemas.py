@@ -1,0 +1,99 @@
+"""Request/response bodies (pydantic). Limits that depend on the CLI are checked in api.py."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SamplingFields(_Req):
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1, description="0 or -1: off")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    ignore_eos: bool = Field(default=False, description="keep generating past EOS (fixed-length benchmarks)")
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return [s for s in stops if s]
+
+
+# -- reference API -----------------------------------------------------------------------------
+class GenerateRequest(SamplingFields):
+    prompt: str = Field(min_length=1)
+    system_prompt: str | None = None
+    max_new_tokens: int | None = Field(default=None, ge=1)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    generation_time_sec: float
+    finish_reason: str
+    output_token_ids: list[int]
+    usage: Usage
+
+
+# -- OpenAI-compatible -------------------------------------------------------------------------
+class StreamOptions(_Req):
+    include_usage: bool = False
+
+
+class _OpenAIFields(SamplingFields):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionRequest(_OpenAIFields):
+    prompt: str | list[str]
+    echo: bool = False
+
+
+class ChatMessage(_Req):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text":
+                raise ValueError(f"content part type {part.get('type')!r} is not supported (text only)")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_OpenAIFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

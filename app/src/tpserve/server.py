@@ -1,0 +1,69 @@
+"""Rank 0's HTTP server: uvicorn in the main thread's event loop, with our own signal handling.
+
+SIGTERM/SIGINT (first): status 'draining' → new requests get 503, queued and running ones finish,
+the scheduler broadcasts 'shutdown' to every rank, then uvicorn stops and the process exits 0.
+A second signal exits at once (code 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+
+import uvicorn
+from fastapi import FastAPI
+
+from tpserve.dist import fatal
+from tpserve.service import Service
+
+log = logging.getLogger("tpserve.server")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals are ours (see serve_http)
+
+
+def serve_http(app: FastAPI, service: Service, host: str, port: int) -> int:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5
+    )
+    server = _Server(config)
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            fatal(f"second signal {signal.Signals(signum).name}: exiting without draining", 1)
+        if service.scheduler is None:
+            fatal(f"{signal.Signals(signum).name} while loading: exiting", 1)
+        log.info("%s: draining (%d in flight)", signal.Signals(signum).name, service.scheduler.in_flight())
+        service.begin_drain()
+
+    async def stop_when_scheduler_stops() -> None:
+        while service.scheduler is None or not service.scheduler.stopped.is_set():
+            await asyncio.sleep(0.2)
+        log.info("all ranks told to shut down; stopping HTTP")
+        server.should_exit = True
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        watcher = asyncio.create_task(stop_when_scheduler_stops())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    try:
+        asyncio.run(main())
+    except SystemExit as exc:  # uvicorn exits this way when it cannot bind
+        fatal(f"HTTP server failed to start on {host}:{port} (exit {exc.code})", 1)
+    if service.scheduler is None or not service.scheduler.stopped.is_set():
+        fatal("HTTP server stopped unexpectedly", 1)
+    return 0
