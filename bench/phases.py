@@ -222,7 +222,7 @@ def phase_v2(wrapped: bool) -> None:
         eng = FastGenEngine(FastGenSettings(model_dir=MODEL_DIR, tp_size=WORLD, kv_cache_blocks=kv_blocks,
                                             max_batch_tokens=max(BATCHES) * PROMPT,
                                             max_batch_sequences=max(BATCHES)))
-        put, flush = eng.put, eng.flush
+        put, flush = eng.forward, eng.release
         free = eng.free_kv_blocks
     else:
         import deepspeed

@@ -99,7 +99,7 @@ def cmd_http(args: argparse.Namespace) -> None:
     env = base_env(args.results)
     tag = f"http-{args.engine}-tp{args.tp}"
     log_path = args.results / f"server-{args.engine}-tp{args.tp}.log"
-    cmd = [*launcher(args.tp, args.port + 1), "-m", "tpserve", "--model", env["MODEL_DIR"],
+    cmd = [*launcher(args.tp, args.port + 1), "--module", "tpserve", "--model", env["MODEL_DIR"],
            "--engine", args.engine, "--tp-size", str(args.tp), "--port", str(args.port),
            "--host", "127.0.0.1", *args.server_arg]
     say(f"START server: {' '.join(cmd)}")

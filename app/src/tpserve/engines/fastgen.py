@@ -163,7 +163,7 @@ class FastGenEngine(Engine):
             self.kv_blocks_total,
             self._report,
         )
-        if settings.tp_size > 1:
+        if settings.tp_size > 1 and self._report["weight_bytes"] > 0:
             problem = check_sharding(self._report["linear_fraction"], settings.tp_size)
             if problem:
                 raise EngineError(problem)
