@@ -187,6 +187,7 @@ class Scheduler:
         logits = self._broadcast({"op": "step", "uids": uids, "chunks": chunks})
         self.steps += 1
         assert logits is not None
+        logits = logits.float().cpu()  # one transfer per step (engines may return GPU logits)
         tokens = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
         now = time.monotonic()
         for req, token in zip(batch, tokens, strict=True):

@@ -1,0 +1,166 @@
+"""Shared fixtures: one synthetic model per session, real DeepSpeed launches of `tpserve` on CPU.
+
+No mocks: servers are started with the real DeepSpeed launcher (`python -m deepspeed.launcher.runner
+--num_gpus N`, DS_ACCELERATOR=cpu) and talked to over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+API_KEY = "test-key-123"  # passed to the server only through TPSERVE_API_KEY
+START_TIMEOUT_S = float(os.environ.get("TPSERVE_TEST_START_TIMEOUT", "300"))  # first run JIT-builds shm op
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["DS_ACCELERATOR"] = "cpu"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tpserve" / "torch_extensions"))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.pop("TPSERVE_API_KEY", None)
+    return env
+
+
+class LaunchedServer:
+    """`python -m deepspeed.launcher.runner --num_gpus N --module tpserve ...` in its own session."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        log_path: Path,
+        ranks: int = 2,
+        api_key: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.port = free_port()
+        self.master_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = server_env()
+        if api_key:
+            env["TPSERVE_API_KEY"] = api_key
+        cmd = [
+            sys.executable, "-m", "deepspeed.launcher.runner",
+            "--num_gpus", str(ranks), "--master_port", str(self.master_port),
+            "--module", "tpserve",
+            "--model", str(model_dir), "--served-model-name", "tiny",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", "float32", *extra,
+        ]  # fmt: skip
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = httpx.get(self.base_url + "/health", timeout=2)
+                if r.status_code == 200 and r.json()["status"] == "ok":
+                    return r.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not ready in {timeout_s} s:\n{self.log_tail()}")
+
+    def rank_pid(self, rank: int) -> int:
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if f"--local_rank={rank}" in child.cmdline():
+                    return child.pid
+        raise LookupError(f"no process for rank {rank}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def remove_shm_buffers(master_port: int) -> list[str]:
+    """DeepSpeed's leaked CPU all-reduce buffers of one launch (tpserve unlinks its own at start)."""
+    pattern = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{master_port}_*"
+    leftovers = glob.glob(pattern)
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return leftovers
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tpserve.synthetic import build
+
+    return build(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@contextlib.contextmanager
+def launched(model_dir: Path, log_path: Path, **kwargs: object) -> Iterator[LaunchedServer]:
+    server = LaunchedServer(model_dir, log_path, **kwargs)  # type: ignore[arg-type]
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        remove_shm_buffers(server.master_port)
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+    """The shared live TP=2 server (API key on, small limits so the limit paths are cheap to hit)."""
+    log_path = tmp_path_factory.mktemp("logs") / "server.log"
+    extra = (
+        "--max-prompt-tokens",
+        "256",
+        "--max-new-tokens",
+        "256",
+        "--max-body-bytes",
+        "65536",
+        "--max-batch-size",
+        "16",
+        "--max-queue",
+        "64",
+        "--request-timeout",
+        "60",
+    )
+    with launched(model_dir, log_path, api_key=API_KEY, extra=extra) as srv:
+        yield srv
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}

@@ -1,0 +1,292 @@
+"""A live TP=2 tpserve under the DeepSpeed launcher (CPU, gloo): sharding, equivalence, API, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from conftest import API_KEY, LaunchedServer
+
+pytestmark = pytest.mark.slow
+
+CHINESE = "你好，请介绍一下你自己。"
+
+
+def post(
+    server: LaunchedServer, path: str, body: object, auth: dict[str, str] | None = None, **kw: object
+) -> httpx.Response:
+    return httpx.post(server.base_url + path, json=body, headers=auth or {}, timeout=60, **kw)  # type: ignore[arg-type]
+
+
+# -- (a) sharding and equivalence with single-process transformers ------------------------------
+def test_health_shows_two_sharded_ranks(server: LaunchedServer) -> None:
+    h = httpx.get(server.base_url + "/health", timeout=10).json()
+    assert h["status"] == "ok"
+    assert h["engine"] == "autotp" and "no CUDA" in h["engine_reason"]
+    assert h["world_size"] == 2 and h["tp_size"] == 2 and h["dtype"] == "float32"
+    assert [r["rank"] for r in h["ranks"]] == [0, 1]
+    for r in h["ranks"]:
+        assert abs(r["linear_fraction"] - 0.5) <= 0.02, r
+        assert r["linear_weight_bytes"] * 2 == pytest.approx(r["full_linear_weight_bytes"], rel=0.04)
+    assert h["synthetic_model"] is True
+
+
+def test_greedy_tokens_equal_single_process_transformers(
+    server: LaunchedServer, model_dir: Path, auth: dict[str, str]
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    eos = [tok.eos_token_id, tok.pad_token_id]
+    for prompt in (CHINESE, "Tell me a story about a small robot.", "1 2 3"):
+        r = post(server, "/generate", {"prompt": prompt, "max_new_tokens": 24}, auth)
+        assert r.status_code == 200, r.text
+        served = r.json()["output_token_ids"]
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+        with torch.inference_mode():
+            out = model.generate(
+                ids, max_new_tokens=24, do_sample=False, eos_token_id=eos, pad_token_id=eos[1]
+            )
+        reference = [t for t in out[0, ids.shape[1] :].tolist() if t not in eos]
+        assert served == reference, (prompt, served, reference)
+        assert len(served) >= 2
+
+
+# -- (b) the API -------------------------------------------------------------------------------
+def test_generate_reference_api(server: LaunchedServer, auth: dict[str, str]) -> None:
+    r = post(
+        server, "/generate", {"prompt": CHINESE, "system_prompt": "You are terse.", "max_new_tokens": 8}, auth
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body["generated_text"], str) and body["generation_time_sec"] > 0
+    assert (
+        body["usage"]["completion_tokens"] == len(body["output_token_ids"]) or body["finish_reason"] == "stop"
+    )
+    other = post(server, "/generate", {"prompt": CHINESE, "max_new_tokens": 8}, auth).json()
+    assert other["usage"]["prompt_tokens"] != body["usage"]["prompt_tokens"]  # the system prompt was applied
+
+
+def test_models_and_chat_completion(server: LaunchedServer, auth: dict[str, str]) -> None:
+    models = httpx.get(server.base_url + "/v1/models", headers=auth, timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+    r = post(
+        server,
+        "/v1/chat/completions",
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": CHINESE}],
+            "max_tokens": 10,
+            "temperature": 0,
+        },
+        auth,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] <= 10
+    assert (
+        body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
+
+
+def test_completions_seed_reproducible_and_stop(server: LaunchedServer, auth: dict[str, str]) -> None:
+    req = {
+        "model": "tiny",
+        "prompt": "Once upon a time",
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "top_k": 50,
+        "seed": 42,
+    }
+    a = post(server, "/v1/completions", req, auth).json()["choices"][0]["text"]
+    b = post(server, "/v1/completions", req, auth).json()["choices"][0]["text"]
+    assert a == b  # same seed, same tokens
+    greedy = post(server, "/v1/completions", {**req, "temperature": 0}, auth).json()["choices"][0]
+    text = greedy["text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    if stop.strip():
+        cut = post(server, "/v1/completions", {**req, "temperature": 0, "stop": [stop]}, auth).json()[
+            "choices"
+        ][0]
+        assert cut["finish_reason"] == "stop"
+        assert cut["text"] == text[: text.index(stop)]
+
+
+def test_streaming_chunks_arrive_before_the_end(server: LaunchedServer, auth: dict[str, str]) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": CHINESE}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.monotonic()
+    arrivals: list[tuple[float, dict]] = []
+    done_at = None
+    with httpx.stream(
+        "POST", server.base_url + "/v1/chat/completions", json=body, headers=auth, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if not line:
+                continue
+            assert line.startswith("data: ")
+            payload = line[len("data: ") :]
+            if payload == "[DONE]":
+                done_at = time.monotonic() - t0
+                break
+            arrivals.append((time.monotonic() - t0, json.loads(payload)))
+    assert done_at is not None
+    content = [(t, c) for t, c in arrivals if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(content) >= 2
+    first_t, last_t = content[0][0], content[-1][0]
+    print(
+        f"stream: first content chunk at {first_t * 1000:.1f} ms, last at {last_t * 1000:.1f} ms, "
+        f"[DONE] at {done_at * 1000:.1f} ms, {len(content)} content chunks"
+    )
+    assert first_t < last_t <= done_at
+    assert arrivals[-1][1]["usage"]["completion_tokens"] >= 2
+    non_stream = post(server, "/v1/chat/completions", {**body, "stream": False}, auth).json()
+    assert (
+        "".join(c["choices"][0]["delta"]["content"] for _, c in content)
+        == non_stream["choices"][0]["message"]["content"]
+    )
+
+
+def test_metrics(server: LaunchedServer, auth: dict[str, str]) -> None:
+    post(server, "/generate", {"prompt": "metrics", "max_new_tokens": 4}, auth)
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    for name in (
+        "tpserve_requests_total",
+        "tpserve_prompt_tokens_total",
+        "tpserve_output_tokens_total",
+        "tpserve_time_to_first_token_seconds_bucket",
+        "tpserve_inter_token_latency_seconds_bucket",
+        "tpserve_queue_depth",
+        "tpserve_batch_size_bucket",
+    ):
+        assert name in text, name
+    assert 'tpserve_requests_total{endpoint="/generate",status="200"}' in text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["tpserve_output_tokens_total"] >= 4
+    assert samples["tpserve_time_to_first_token_seconds_count"] >= 1
+
+
+BAD = [
+    ("/generate", {"max_new_tokens": 5}, 422, "prompt"),
+    ("/generate", {"prompt": "x", "max_new_tokens": -1}, 422, "max_new_tokens"),
+    ("/generate", {"prompt": "x", "max_new_tokens": 10**9}, 422, "max_new_tokens"),
+    ("/generate", {"prompt": "x", "temperature": -1}, 422, "temperature"),
+    ("/generate", {"prompt": "word " * 400}, 400, "256"),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "n": 2, "messages": [{"role": "user", "content": "x"}]},
+        400,
+        "n=2",
+    ),
+    ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "nope"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, 422, "messages"),
+    ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one prompt"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "reason"), BAD)
+def test_bad_input_gets_4xx_with_reason(
+    server: LaunchedServer, auth: dict[str, str], path: str, body: dict, status: int, reason: str
+) -> None:
+    r = post(server, path, body, auth)
+    assert r.status_code == status, r.text
+    assert reason in r.json()["error"]["message"]
+
+
+def test_invalid_json_auth_and_body_size(server: LaunchedServer, auth: dict[str, str]) -> None:
+    r = httpx.post(
+        server.base_url + "/generate",
+        content=b"{not json",
+        timeout=10,
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert r.status_code == 422 and "JSON" in r.json()["error"]["message"]
+    r = post(server, "/generate", {"prompt": "x"})
+    assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
+    r = post(server, "/generate", {"prompt": "x"}, {"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "invalid API key" in r.json()["error"]["message"]
+    assert httpx.get(server.base_url + "/health", timeout=10).status_code == 200  # open without a key
+    big = {"prompt": "x" * 70_000}
+    r = post(server, "/generate", big, auth)
+    assert r.status_code == 413 and "exceeds 65536 bytes" in r.json()["error"]["message"]
+
+    def chunked() -> object:  # no Content-Length: the real byte count must be enforced
+        yield b'{"prompt": "'
+        for _ in range(20):
+            yield b"y" * 5000
+        yield b'"}'
+
+    r = httpx.post(
+        server.base_url + "/generate",
+        content=chunked(),
+        timeout=10,
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert r.status_code == 413
+
+
+def test_concurrent_requests_equal_their_answer_alone(server: LaunchedServer, auth: dict[str, str]) -> None:
+    prompts = [f"Question number {i}: what is {i} + {i}?" for i in range(16)]
+
+    async def one(client: httpx.AsyncClient, prompt: str) -> list[int]:
+        r = await client.post(
+            server.base_url + "/generate", json={"prompt": prompt, "max_new_tokens": 16}, headers=auth
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["output_token_ids"]
+
+    async def run() -> tuple[list[list[int]], list[list[int]], float]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            alone = [await one(client, p) for p in prompts]
+            t0 = time.monotonic()
+            together = await asyncio.gather(*(one(client, p) for p in prompts))
+            return alone, list(together), time.monotonic() - t0
+
+    alone, together, took = asyncio.run(run())
+    print(f"16 concurrent /generate (16 tokens each) in {took:.2f} s")
+    assert together == alone
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    batched = [line for line in text.splitlines() if line.startswith('tpserve_batch_size_bucket{le="1.0"}')]
+    count = [line for line in text.splitlines() if line.startswith("tpserve_batch_size_count")]
+    assert float(batched[0].split()[1]) < float(count[0].split()[1])  # some steps carried > 1 sequence
+
+
+def test_official_openai_client(server: LaunchedServer) -> None:
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+    msgs = [{"role": "user", "content": CHINESE}]
+    full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0)
+    assert full.choices[0].finish_reason in ("stop", "length")
+    assert full.usage is not None and full.usage.completion_tokens >= 1
+    chunks = list(
+        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0, stream=True)
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full.choices[0].message.content
+    with pytest.raises(NotFoundError):
+        client.chat.completions.create(model="other", messages=msgs)

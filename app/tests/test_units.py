@@ -1,0 +1,146 @@
+"""Pure pieces: sampling, stop strings / incremental decoding, schemas, engine helpers, body limit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from tpserve.engines import EngineError, EngineOptions, select
+from tpserve.engines.base import check_sharding, full_linear_weight_elements
+from tpserve.limits import BodyLimitMiddleware
+from tpserve.sampling import SamplingParams, filter_logits, make_generator, sample
+from tpserve.schemas import ChatCompletionRequest, GenerateRequest
+from tpserve.textstream import TextStream
+
+
+# -- sampling ----------------------------------------------------------------------------------
+def test_greedy_is_argmax_and_top_k_1_is_greedy() -> None:
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert sample(logits, SamplingParams(), None) == 1
+    p = SamplingParams(temperature=1.5, top_k=1)
+    assert p.greedy and sample(logits, p, make_generator(p)) == 1
+
+
+def test_top_k_and_top_p_masks() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isinf(filter_logits(logits, top_k=2, top_p=1.0)[2:]).all()
+    kept = ~torch.isinf(filter_logits(logits, top_k=0, top_p=0.7))
+    assert kept.tolist() == [True, True, False, False]  # 0.5 + 0.3 reaches 0.7
+    kept = ~torch.isinf(filter_logits(logits, top_k=0, top_p=0.1))
+    assert kept.tolist() == [True, False, False, False]  # the top token is always kept
+
+
+def test_seeded_sampling_is_reproducible_and_follows_distribution() -> None:
+    logits = torch.zeros(50)
+    params = SamplingParams(temperature=1.0, seed=7)
+    a = [sample(logits, params, g) for g in [make_generator(params)] for _ in range(20)]
+    b = [sample(logits, params, g) for g in [make_generator(params)] for _ in range(20)]
+    assert a == b and len(set(a)) > 5
+    peaked = torch.tensor([10.0, 0.0, 0.0])
+    gen = make_generator(SamplingParams(temperature=1.0, seed=1))
+    picks = [sample(peaked, SamplingParams(temperature=1.0), gen) for _ in range(200)]
+    assert picks.count(0) > 190
+
+
+# -- incremental text with stop strings ---------------------------------------------------------
+def _char_decoder(vocab: list[str]):
+    return lambda ids: "".join(vocab[i] for i in ids)
+
+
+def test_stop_string_across_tokens_is_cut_and_held_back() -> None:
+    vocab = ["Hel", "lo", " wo", "rld", " ST", "OP", " after"]
+    stream = TextStream(_char_decoder(vocab), stop=["STOP"])
+    out = [stream.add(i) for i in range(5)]  # "Hello world ST": " ST" may start STOP → held
+    assert "".join(out) == "Hello world "
+    assert stream.add(5) == "" and stream.stopped  # "STOP" completed: nothing after it
+    assert stream.text == "Hello world " and stream.add(6) == ""
+
+
+def test_held_back_prefix_released_when_not_a_stop() -> None:
+    vocab = ["a", "S", "b"]
+    stream = TextStream(_char_decoder(vocab), stop=["ST"])
+    assert stream.add(0) == "a"
+    assert stream.add(1) == ""  # could become "ST"
+    assert stream.add(2) == "Sb"
+    assert stream.flush() == ""
+
+
+def test_partial_utf8_is_not_emitted_with_real_tokenizer(model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    text = "你好，请介绍一下你自己。"
+    byte_ids = [tok.convert_tokens_to_ids(t) for t in tok.tokenize(text)]
+    assert tok.decode(byte_ids) == text
+    stream = TextStream(lambda ids: tok.decode(ids, skip_special_tokens=True))
+    pieces = [stream.add(i) for i in byte_ids] + [stream.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+# -- schemas -----------------------------------------------------------------------------------
+def test_schemas() -> None:
+    g = GenerateRequest(prompt="hi", stop="x")
+    assert g.stop_list() == ["x"] and g.max_new_tokens is None
+    c = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            ],
+            "unknown_field": 1,
+        }
+    )
+    assert c.n == 1 and c.messages[0].text() == "ab"
+    with pytest.raises(ValueError):
+        GenerateRequest(prompt="")
+    with pytest.raises(ValueError):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "wizard", "content": "x"}]})
+
+
+# -- engine helpers (real model, no DeepSpeed needed) -------------------------------------------
+def test_full_linear_count_matches_real_model(model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tpserve.engines.autotp import linear_weight_bytes
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    assert linear_weight_bytes(model) == 4 * full_linear_weight_elements(cfg)
+
+
+def test_check_sharding() -> None:
+    assert check_sharding(0.5, 2) is None and check_sharding(0.25, 4) is None
+    msg = check_sharding(1.0, 2)
+    assert msg is not None and "NOT applied" in msg
+
+
+def test_engine_selection_on_cpu(model_dir: Path) -> None:
+    opts = EngineOptions(model_dir=str(model_dir), device="cpu")
+    assert select("auto", opts) == ("autotp", "auto: autotp because no CUDA device")
+    assert select("autotp", opts)[0] == "autotp"
+    with pytest.raises(EngineError, match="fastgen was asked for"):
+        select("fastgen", opts)
+    with pytest.raises(EngineError, match="unknown engine"):
+        select("vllm", opts)
+
+
+# -- body limit middleware ---------------------------------------------------------------------
+def test_body_limit_checks_header_and_real_bytes() -> None:
+    app = FastAPI()
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=100)
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"n": len(await request.body())}
+
+    client = TestClient(app)
+    assert client.post("/echo", content=b"x" * 100).json() == {"n": 100}
+    assert client.post("/echo", content=b"x" * 101).status_code == 413
+    r = client.post("/echo", content=iter([b"x" * 60, b"x" * 60]))  # chunked, no Content-Length
+    assert r.status_code == 413 and "exceeds 100 bytes" in r.json()["error"]["message"]
