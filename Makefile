@@ -1,0 +1,77 @@
+# tpserve: controller entry points. `make help` lists them.
+# Every ansible call here passes `-i inventory/lab` explicitly: ansible.cfg's default inventory
+# is a real remote cluster.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.tpserve-stamp
+LAB_INV := inventory/lab
+# Passed through to tests/lab/lab.sh (and so to every target that brings the lab up).
+export LAB_NODES ?= 4
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+APT_PACKAGES := python3 python3-venv podman runc debootstrap zstd openssh-client pdsh rsync shellcheck
+VENV_INPUTS := requirements/controller.txt app/requirements.lock $(wildcard app/pyproject.toml)
+
+.PHONY: help venv deps lab-up lab-down lab-status lint unit molecule integration test demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## controller virtualenv (.venv) from requirements/controller.txt + app/requirements.lock
+
+$(STAMP): $(VENV_INPUTS)
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  echo "make venv: installing python3-venv with apt"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q python3-venv >/dev/null; \
+	  else echo "make venv: python3-venv is missing: run 'sudo apt-get install python3-venv'" >&2; exit 1; fi; \
+	fi
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -r requirements/controller.txt -r app/requirements.lock
+	@if [ -f app/pyproject.toml ]; then $(VENV)/bin/python -m pip install -q -e app; fi
+	@touch $@
+
+deps: ## apt packages the controller needs (root)
+	apt-get install -y -q $(APT_PACKAGES)
+
+lab-up: ## start the local lab (LAB_NODES=2..8, default 4) and write inventory/lab
+	tests/lab/lab.sh up
+
+lab-down: ## remove the local lab's containers and network
+	tests/lab/lab.sh down
+
+lab-status: ## table of the lab's nodes
+	tests/lab/lab.sh status
+
+lint: venv ## yamllint, ansible-lint, ruff, shellcheck
+	tests/lint.sh
+
+unit: venv ## pytest app/tests (and tests/unit)
+	tests/run_ci.sh unit
+
+molecule: venv ## every molecule scenario (molecule test -s NAME)
+	tests/run_ci.sh molecule
+
+integration: venv ## lab-up, site.yml twice (changed=0), --check, serve.yml, smoketest.yml
+	tests/integration.sh
+
+test: venv ## lint -> unit -> molecule -> integration, one summary line
+	tests/run_ci.sh
+
+demo: venv lab-up ## lab-up, site.yml, serve.yml, smoketest.yml on the lab; print the smoke report
+	@for pb in site.yml serve.yml smoketest.yml; do \
+	  if [ ! -f $$pb ]; then echo "$$pb: not there yet"; continue; fi; \
+	  echo "== ansible-playbook -i $(LAB_INV) $$pb"; \
+	  ansible-playbook -i $(LAB_INV) $$pb; \
+	done
+	@report=$$(ls -t reports/smoke-*.json 2>/dev/null | head -n1 || true); \
+	if [ -n "$$report" ]; then echo "== $$report"; $(VENV)/bin/python -m json.tool "$$report"; \
+	else echo "smoke report: not there yet (reports/smoke-lab.json)"; fi
+
+clean: ## take the lab down, drop the venv, caches and reports (keeps the image cache)
+	-tests/lab/lab.sh down
+	rm -rf $(VENV) .facts reports .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
