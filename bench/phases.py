@@ -257,6 +257,7 @@ def phase_v2(wrapped: bool) -> None:
 
 
 def main() -> None:
+    os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ.get("BENCH_CUDA_ARCH", "9.0")
     torch.cuda.set_device(LOCAL_RANK)
     {
         "env": phase_env,

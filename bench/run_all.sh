@@ -7,7 +7,8 @@ set -u
 cd "$(dirname "$0")/.."
 R="${RESULTS:-${OUT:-/tmp/bench}}"
 mkdir -p "$R"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+echo "image TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset} (DeepSpeed needs plain 9.0)"
+export TORCH_CUDA_ARCH_LIST="${BENCH_CUDA_ARCH:-9.0}" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
   NVSHMEM_DISABLE_NVLS=1 MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 run() { echo "=== $*"; "$@"; }

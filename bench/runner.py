@@ -38,13 +38,30 @@ def say(msg: str) -> None:
 def base_env(results: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("MODEL_DIR", "/tmp/bench-model")
-    env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    env["TORCH_CUDA_ARCH_LIST"] = os.environ.get("BENCH_CUDA_ARCH", "9.0")  # never "9.0a": DeepSpeed chokes
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on shared hosts
     env["RESULTS"] = str(results)
     pp = [str(REPO / "app" / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(pp)
     return env
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process group we started (the launcher and its ranks), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            if sig == signal.SIGTERM:
+                os.killpg(proc.pid, signal.SIGKILL)  # stray ranks left in the group
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 def launcher(n_gpus: int, port: int) -> list[str]:
@@ -73,9 +90,7 @@ def run_phase(spec: str, results: Path, deadline: float, port: int) -> None:
     try:
         rc = proc.wait(timeout=left)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        time.sleep(3)
-        os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 3)
         rc = -9
     say(f"END {spec} rc={rc} in {time.monotonic() - t:.0f}s")
     with open(results / "phases.jsonl", "a", encoding="utf-8") as fh:
@@ -131,11 +146,7 @@ def cmd_http(args: argparse.Namespace) -> None:
             say(f"loadgen {scen}")
             subprocess.run(lg, env=env, timeout=left, check=False)
     finally:
-        os.killpg(srv.pid, signal.SIGTERM)
-        try:
-            srv.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(srv.pid, signal.SIGKILL)
+        stop_group(srv, 15)
     cmd_report(args)
 
 

@@ -121,7 +121,10 @@ class FastGenEngine(Engine):
         if reason:
             raise EngineError(f"fastgen engine cannot run: {reason}")
         _ensure_dist_env()
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
+        # DeepSpeed's op builder crashes on arch suffixes ("9.0a": int('0a') -> ValueError, which the
+        # v2 modules then report as "Config ... is not supported"). Images may preset such a value:
+        # build the JIT ops for this GPU's plain major.minor.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
         from deepspeed.inference.v2 import RaggedInferenceEngineConfig, build_hf_engine
 
         self.settings = settings
