@@ -209,6 +209,14 @@ def build_app(service: Service) -> FastAPI:
                         "timeout_error",
                         code="request_timeout",
                     )
+                if ev.finish_reason == "error":
+                    raise APIError(
+                        503,
+                        ev.error or "generation failed",
+                        "service_unavailable",
+                        code="engine_capacity",
+                        headers={"Retry-After": "1"},
+                    )
                 return "".join(text), ev
         raise APIError(500, "generation ended without a final event", "server_error")
 
@@ -370,17 +378,10 @@ def _sse(
         if first is not None:
             yield _data(first)
         async for ev in events:
-            if ev.final and ev.finish_reason == "timeout":
-                yield _data(
-                    {
-                        "error": {
-                            "message": "generation timed out",
-                            "type": "timeout_error",
-                            "param": None,
-                            "code": "request_timeout",
-                        }
-                    }
-                )
+            if ev.final and ev.finish_reason in ("timeout", "error"):
+                message = "generation timed out" if ev.finish_reason == "timeout" else ev.error
+                error = {"message": message, "type": f"{ev.finish_reason}_error", "param": None}
+                yield _data({"error": {**error, "code": ev.finish_reason}})
                 break
             if ev.text or ev.final:
                 yield _data(to_chunk(ev))

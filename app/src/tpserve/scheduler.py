@@ -108,6 +108,7 @@ class Scheduler:
         self.pending: queue.Queue[Request] = queue.Queue()
         self.active: list[Request] = []
         self._release: list[int] = []
+        self._held: Request | None = None  # head of the line, waiting until the engine has room
         self._shutdown = threading.Event()
         self.stopped = threading.Event()
         self.steps = 0
@@ -118,10 +119,10 @@ class Scheduler:
         self.metrics.queue_depth.set(self.pending.qsize())
 
     def queue_depth(self) -> int:
-        return self.pending.qsize()
+        return self.pending.qsize() + (self._held is not None)
 
     def in_flight(self) -> int:
-        return self.pending.qsize() + len(self.active)
+        return self.queue_depth() + len(self.active)
 
     def request_shutdown(self) -> None:
         """Finish what is queued and running, then broadcast 'shutdown' and return from run()."""
@@ -133,7 +134,7 @@ class Scheduler:
             self._reap()
             self._admit()
             if not self.active:
-                if self._shutdown.is_set() and self.pending.empty():
+                if self._shutdown.is_set() and self.pending.empty() and self._held is None:
                     self._broadcast({"op": "shutdown"})
                     self.stopped.set()
                     return
@@ -156,12 +157,28 @@ class Scheduler:
 
     def _admit(self) -> None:
         while len(self.active) < self.max_batch_size:
-            try:
-                req = self.pending.get_nowait()
-            except queue.Empty:
+            req, self._held = self._held, None
+            if req is None:
+                try:
+                    req = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+            if req.cancelled.is_set() or time.monotonic() > req.deadline:
+                self._start(req)  # finishes it without running it
+                continue
+            if not self._fits([*self.active, req]):
+                if self.active:
+                    self._held = req  # joins when running sequences finish
+                else:
+                    self._finish(req, "error", release=False, error="the prompt does not fit the KV cache")
                 break
             self._start(req)
-        self.metrics.queue_depth.set(self.pending.qsize())
+        self.metrics.queue_depth.set(self.queue_depth())
+
+    def _fits(self, batch: list[Request]) -> bool:
+        """Ask the engine (KV blocks, sequence limits) whether one step over `batch` fits."""
+        lengths = [1 if r.prefilled else len(r.prompt_ids) for r in batch]
+        return self.engine.can_schedule([r.uid for r in batch], lengths)
 
     def _start(self, req: Request) -> None:
         if req.cancelled.is_set() or time.monotonic() > req.deadline:
@@ -180,6 +197,9 @@ class Scheduler:
                 self._finish(req, "timeout")
 
     def _step(self) -> None:
+        while len(self.active) > 1 and not self._fits(self.active):
+            # decoding outgrew the KV cache: preempt the newest sequence (its client gets an error)
+            self._finish(self.active[-1], "error", error="KV cache exhausted; request preempted, retry")
         batch = list(self.active)
         uids = [r.uid for r in batch]
         chunks = [r.output_ids[-1:] if r.prefilled else r.prompt_ids for r in batch]
@@ -218,7 +238,7 @@ class Scheduler:
         ):
             self._finish(req, "length")
 
-    def _finish(self, req: Request, reason: str, release: bool = True) -> None:
+    def _finish(self, req: Request, reason: str, release: bool = True, error: str | None = None) -> None:
         if req in self.active:
             self.active.remove(req)
         if release and req.prefilled:
@@ -231,5 +251,6 @@ class Scheduler:
                 finish_reason=reason,
                 prompt_tokens=len(req.prompt_ids),
                 completion_tokens=len(req.output_ids),
+                error=error,
             )
         )
