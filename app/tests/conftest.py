@@ -66,6 +66,7 @@ class LaunchedServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--dtype", "float32", *extra,
         ]  # fmt: skip
+        self.args = cmd
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -142,7 +143,8 @@ def launched(model_dir: Path, log_path: Path, **kwargs: object) -> Iterator[Laun
 @pytest.fixture(scope="session")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
     """The shared live TP=2 server (API key on, small limits so the limit paths are cheap to hit)."""
-    log_path = tmp_path_factory.mktemp("logs") / "server.log"
+    logs = tmp_path_factory.mktemp("logs")
+    log_path, pid_file = logs / "server.log", logs / "rank0.pid"
     extra = (
         "--max-prompt-tokens",
         "256",
@@ -156,6 +158,8 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "64",
         "--request-timeout",
         "60",
+        "--pid-file",
+        str(pid_file),
     )
     with launched(model_dir, log_path, api_key=API_KEY, extra=extra) as srv:
         yield srv

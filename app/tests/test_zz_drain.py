@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,6 +35,10 @@ def test_sigterm_drains_in_flight_then_all_ranks_exit_zero(
         assert time.monotonic() < deadline, "request never started"
         time.sleep(0.02)
     rank0 = server.rank_pid(0)
+    pid_file = next(
+        arg for prev, arg in zip(server.args, server.args[1:], strict=False) if prev == "--pid-file"
+    )
+    assert int(Path(pid_file).read_text()) == rank0  # what a service manager signals for a graceful stop
     os.kill(rank0, signal.SIGTERM)
     time.sleep(0.2)
     try:  # while draining: new work is refused with 503 and a reason

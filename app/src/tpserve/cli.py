@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tp-grain-size", type=int, default=0, help="autotp: DeepSpeed tp_grain_size (0 = default)"
     )
+    p.add_argument(
+        "--pid-file", default=None, help="rank 0 writes its PID here (for a graceful stop: SIGTERM it)"
+    )
     p.add_argument("--log-level", default=os.environ.get("TPSERVE_LOG_LEVEL", "INFO"))
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's; unused
     return p
@@ -68,37 +71,41 @@ def _validate(a: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         p.error("--port must be 1..65535")
 
 
-def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str]:
+def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str, str | None]:
     p = build_parser()
     a = p.parse_args(argv)
     _validate(a, p)
-    return ServeConfig(
-        model_dir=str(Path(a.model).resolve()),
-        served_model_name=a.served_model_name or Path(a.model).resolve().name,
-        engine=a.engine,
-        dtype=a.dtype,
-        device=a.device,
-        tp_size=a.tp_size,
-        host=a.host,
-        port=a.port,
-        max_batch_size=a.max_batch_size,
-        max_prompt_tokens=a.max_prompt_tokens,
-        max_new_tokens=a.max_new_tokens,
-        default_max_new_tokens=min(a.default_max_new_tokens, a.max_new_tokens),
-        max_queue=a.max_queue,
-        request_timeout_s=a.request_timeout,
-        max_body_bytes=a.max_body_bytes,
-        heartbeat_timeout_s=a.heartbeat_timeout,
-        step_timeout_s=a.step_timeout,
-        kv_cache_gb=a.kv_cache_gb,
-        kernel_inject=a.kernel_inject,
-        tp_grain_size=a.tp_grain_size,
-        api_key=api_key_from_env(),
-    ), a.log_level
+    return (
+        ServeConfig(
+            model_dir=str(Path(a.model).resolve()),
+            served_model_name=a.served_model_name or Path(a.model).resolve().name,
+            engine=a.engine,
+            dtype=a.dtype,
+            device=a.device,
+            tp_size=a.tp_size,
+            host=a.host,
+            port=a.port,
+            max_batch_size=a.max_batch_size,
+            max_prompt_tokens=a.max_prompt_tokens,
+            max_new_tokens=a.max_new_tokens,
+            default_max_new_tokens=min(a.default_max_new_tokens, a.max_new_tokens),
+            max_queue=a.max_queue,
+            request_timeout_s=a.request_timeout,
+            max_body_bytes=a.max_body_bytes,
+            heartbeat_timeout_s=a.heartbeat_timeout,
+            step_timeout_s=a.step_timeout,
+            kv_cache_gb=a.kv_cache_gb,
+            kernel_inject=a.kernel_inject,
+            tp_grain_size=a.tp_grain_size,
+            api_key=api_key_from_env(),
+        ),
+        a.log_level,
+        a.pid_file,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, level = config_from_args(argv)
+    cfg, level, pid_file = config_from_args(argv)
     from tpserve.dist import dist_info_from_env
 
     info = dist_info_from_env()
@@ -110,5 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from tpserve.runtime import run_rank0, run_worker
 
     if info.rank == 0:
+        if pid_file:
+            Path(pid_file).write_text(f"{os.getpid()}\n")
         return run_rank0(cfg, info)
     return run_worker(cfg, info)
