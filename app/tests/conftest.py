@@ -50,6 +50,7 @@ class LaunchedServer:
         ranks: int = 2,
         api_key: str | None = None,
         extra: tuple[str, ...] = (),
+        torchrun_local_size: int | None = None,
     ) -> None:
         self.port = free_port()
         self.master_port = free_port()
@@ -58,10 +59,35 @@ class LaunchedServer:
         env = server_env()
         if api_key:
             env["TPSERVE_API_KEY"] = api_key
+        if torchrun_local_size is None:
+            launcher = [
+                sys.executable,
+                "-m",
+                "deepspeed.launcher.runner",
+                "--num_gpus",
+                str(ranks),
+                "--master_port",
+                str(self.master_port),
+                "--module",
+                "tpserve",
+            ]
+        else:  # torchrun, with LOCAL_SIZE as given (1: ranks behave as if each were on its own host)
+            env["LOCAL_SIZE"] = str(torchrun_local_size)
+            launcher = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(ranks),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(self.master_port),
+                "-m",
+                "tpserve",
+            ]
         cmd = [
-            sys.executable, "-m", "deepspeed.launcher.runner",
-            "--num_gpus", str(ranks), "--master_port", str(self.master_port),
-            "--module", "tpserve",
+            *launcher,
             "--model", str(model_dir), "--served-model-name", "tiny",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--dtype", "float32", *extra,
@@ -95,7 +121,7 @@ class LaunchedServer:
     def rank_pid(self, rank: int) -> int:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if f"--local_rank={rank}" in child.cmdline():
+                if "tpserve" in child.cmdline() and child.environ().get("RANK") == str(rank):
                     return child.pid
         raise LookupError(f"no process for rank {rank}")
 
