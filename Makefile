@@ -67,9 +67,9 @@ demo: venv lab-up ## lab-up, site.yml, serve.yml, smoketest.yml on the lab; prin
 	  echo "== ansible-playbook -i $(LAB_INV) $$pb"; \
 	  ansible-playbook -i $(LAB_INV) $$pb; \
 	done
-	@report=$$(ls -t reports/smoke-*.json 2>/dev/null | head -n1 || true); \
-	if [ -n "$$report" ]; then echo "== $$report"; $(VENV)/bin/python -m json.tool "$$report"; \
-	else echo "smoke report: not there yet (reports/smoke-lab.json)"; fi
+	@report=reports/smoke-$(notdir $(LAB_INV)).json; \
+	if [ -f "$$report" ]; then echo "== $$report"; $(VENV)/bin/python -m json.tool "$$report"; \
+	else echo "smoke report: not there yet ($$report)"; fi
 
 clean: ## take the lab down, drop the venv, caches and reports (keeps the image cache)
 	-tests/lab/lab.sh down

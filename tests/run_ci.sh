@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The CI pipeline: lint -> unit -> molecule -> integration, stopping at the first failure.
+#
+#   tests/run_ci.sh                  # every stage (make test, .ci/run)
+#   tests/run_ci.sh unit molecule    # some stages, in the order given
+#
+# Each step (lint; each pytest tree; each molecule scenario; integration) counts once. Whatever
+# happens, the labs this run may have started (default lab, molecule lab) are torn down when the
+# run includes molecule or integration, /dev/shm files the run leaked are removed, and the last
+# line is `N passed, N failed`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=${PWD}
+export PATH="${REPO}/.venv/bin:${PATH}"
+export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
+
+passed=0
+failed=0
+teardown_labs=0
+shm_marker=$(mktemp /tmp/tpserve-ci-start.XXXXXX)
+
+say() { printf '\n=== run_ci: %s\n' "$*"; }
+
+# /dev/shm files created during this run (DeepSpeed's CPU all-reduce buffers, torch shared
+# memory) that no live process still maps or holds open.
+clean_shm() {
+  local f
+  while IFS= read -r f; do
+    if grep -qsF "${f}" /proc/[0-9]*/maps ||
+      find /proc/[0-9]*/fd -maxdepth 1 -lname "${f}" -print -quit 2>/dev/null | grep -q .; then
+      continue
+    fi
+    rm -f -- "${f}" && echo "run_ci: removed leaked ${f}"
+  done < <(find /dev/shm -maxdepth 1 -type f -user "$(id -u)" -newer "${shm_marker}" \
+    \( -name 'deepspeed_allreduce_buffer_*' -o -name 'torch_*' -o -name 'tpserve*' \) 2>/dev/null)
+}
+
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if ((teardown_labs)); then
+    say "teardown: default lab and molecule lab"
+    tests/lab/lab.sh down || echo "run_ci: WARNING: could not take the default lab down" >&2
+    LAB_PREFIX=${TPSERVE_MOL_PREFIX:-mol-} LAB_SUBNET=${TPSERVE_MOL_SUBNET:-10.89.8.0/24} \
+      LAB_NETWORK=${TPSERVE_MOL_NETWORK:-tpserve-mol} LAB_INVENTORY=$(mktemp -d /tmp/tpserve-ci-mol.XXXXXX) \
+      tests/lab/lab.sh down || echo "run_ci: WARNING: could not take the molecule lab down" >&2
+  fi
+  clean_shm
+  rm -f "${shm_marker}"
+  if ((rc != 0 && failed == 0)); then failed=$((failed + 1)); fi
+  echo "${passed} passed, ${failed} failed"
+  exit "${rc}"
+}
+trap finish EXIT
+trap 'echo "run_ci: interrupted" >&2; exit 130' INT TERM
+
+# step NAME COMMAND...: run one counted step; stop the pipeline on failure.
+step() {
+  local name=$1 t0=${SECONDS} rc=0
+  shift
+  say "${name}: $*"
+  "$@" || rc=$?
+  if ((rc == 0)); then
+    passed=$((passed + 1))
+    say "${name}: passed ($((SECONDS - t0))s)"
+  else
+    failed=$((failed + 1))
+    say "${name}: FAILED (exit ${rc}, $((SECONDS - t0))s) - stopping here"
+    exit 1
+  fi
+}
+
+stage_lint() { step lint tests/lint.sh; }
+
+stage_unit() {
+  local tree any=0
+  for tree in app/tests tests/unit; do
+    if compgen -G "${tree}/test_*.py" >/dev/null || compgen -G "${tree}/**/test_*.py" >/dev/null; then
+      any=1
+      step "unit ${tree}" python -m pytest -q "${tree}"
+    else
+      echo "run_ci: ${tree}: no tests there yet, skipped"
+    fi
+  done
+  ((any)) || echo "run_ci: unit: nothing to run"
+}
+
+stage_molecule() {
+  local dir name any=0
+  teardown_labs=1
+  for dir in molecule/*/; do
+    name=$(basename "${dir}")
+    [[ ${name} == _* || ! -f ${dir}molecule.yml ]] && continue
+    any=1
+    step "molecule ${name}" molecule test -s "${name}"
+  done
+  ((any)) || echo "run_ci: molecule: no scenarios"
+}
+
+stage_integration() {
+  teardown_labs=1
+  step integration tests/integration.sh
+}
+
+stages=("$@")
+((${#stages[@]})) || stages=(lint unit molecule integration)
+for s in "${stages[@]}"; do
+  case ${s} in
+    lint | unit | molecule | integration) ;;
+    *)
+      echo "run_ci: unknown stage '${s}' (lint, unit, molecule, integration)" >&2
+      exit 2
+      ;;
+  esac
+done
+[[ -x .venv/bin/python ]] || {
+  echo "run_ci: .venv is missing: run 'make venv' first" >&2
+  exit 1
+}
+for s in "${stages[@]}"; do "stage_${s}"; done
