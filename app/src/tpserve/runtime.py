@@ -91,8 +91,8 @@ def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
 
     def engine_thread() -> None:
         try:
+            service.load_tokenizer()  # before the ranks sync: after it they wait on the heartbeat clock
             engine, channel, name, reason, reports = bring_up(cfg, info)
-            service.load_tokenizer()
             watchdog = Watchdog(cfg.step_timeout_s)
             scheduler = Scheduler(
                 engine,

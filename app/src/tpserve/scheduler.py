@@ -105,7 +105,7 @@ class Scheduler:
         self.max_batch_size = min(max_batch_size, engine.max_batch_size)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.watchdog = watchdog
-        self.pending: queue.Queue[Request] = queue.Queue()
+        self.pending: queue.Queue[Request | None] = queue.Queue()  # None: wake-up, no request
         self.active: list[Request] = []
         self._release: list[int] = []
         self._held: Request | None = None  # head of the line, waiting until the engine has room
@@ -127,6 +127,7 @@ class Scheduler:
     def request_shutdown(self) -> None:
         """Finish what is queued and running, then broadcast 'shutdown' and return from run()."""
         self._shutdown.set()
+        self.pending.put(None)  # wake the loop now instead of at the next heartbeat
 
     # -- the loop (rank 0's engine thread) -------------------------------------------------
     def run(self) -> None:
@@ -143,7 +144,8 @@ class Scheduler:
                 except queue.Empty:
                     self._broadcast({"op": "heartbeat"})
                     continue
-                self._start(req)
+                if req is not None:
+                    self._start(req)
                 continue
             self._step()
 
@@ -163,6 +165,8 @@ class Scheduler:
                     req = self.pending.get_nowait()
                 except queue.Empty:
                     break
+                if req is None:
+                    continue
             if req.cancelled.is_set() or time.monotonic() > req.deadline:
                 self._start(req)  # finishes it without running it
                 continue
