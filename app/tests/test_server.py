@@ -290,3 +290,44 @@ def test_official_openai_client(server: LaunchedServer) -> None:
     assert streamed == full.choices[0].message.content
     with pytest.raises(NotFoundError):
         client.chat.completions.create(model="other", messages=msgs)
+
+
+def test_completions_stream_and_client_disconnect_frees_the_sequence(
+    server: LaunchedServer, auth: dict[str, str]
+) -> None:
+    body = {"model": "tiny", "prompt": "stream me", "max_tokens": 24, "temperature": 0}
+    full = post(server, "/v1/completions", body, auth).json()["choices"][0]["text"]
+    pieces = []
+    with httpx.stream(
+        "POST", server.base_url + "/v1/completions", json={**body, "stream": True}, headers=auth, timeout=60
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                pieces.append(json.loads(line[6:])["choices"][0]["text"])
+    assert "".join(pieces) == full and len(pieces) >= 2
+
+    # a client that goes away mid-stream: its sequence is cancelled and released, not generated on
+    def output_tokens() -> float:
+        text = httpx.get(server.base_url + "/metrics", timeout=10).text
+        return float(
+            next(x for x in text.splitlines() if x.startswith("tpserve_output_tokens_total")).split()[1]
+        )
+
+    before = output_tokens()
+    with httpx.stream(
+        "POST",
+        server.base_url + "/v1/completions",
+        headers=auth,
+        timeout=60,
+        json={**body, "max_tokens": 250, "stream": True},
+    ) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 3:
+                break
+    deadline = time.monotonic() + 10
+    while httpx.get(server.base_url + "/health", timeout=5).json()["in_flight"] != 0:
+        assert time.monotonic() < deadline, "the abandoned request is still being generated"
+        time.sleep(0.05)
+    generated = output_tokens() - before
+    print(f"abandoned stream: {generated:.0f} of 250 tokens generated before it was cancelled")
+    assert generated < 125

@@ -82,7 +82,10 @@ class Request:
         self.cancelled.set()
 
     def push(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the HTTP event loop is already closed (process ending)
+            self.cancel()
 
 
 class Scheduler:
