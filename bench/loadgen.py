@@ -5,8 +5,8 @@
 
 Closed loop: N clients, each sends its next request when the last one finished. Open loop:
 requests start at exponential intervals of mean 1/rate, whatever is still running.
-Prompts are random words of the bench tokenizer ("t123 t4567 ...", one token each, see
-phases.write_tokenizer) so every prompt has exactly --prompt-tokens tokens; `ignore_eos` and
+Prompts are lists of random token ids (the OpenAI completions API accepts a token-id prompt), so
+every prompt has exactly --prompt-tokens tokens whatever the tokenizer; `ignore_eos` and
 `max_tokens` make every output exactly --output-tokens long. Greedy (temperature 0).
 
 Reports TTFT p50/p99 (request sent → first token), ITL p50/p99 (gap between streamed tokens),
@@ -38,11 +38,12 @@ class Result:
     error: str = ""
 
 
-def make_prompt(rng: random.Random, n_tokens: int, vocab: int) -> str:
-    return " ".join(f"t{rng.randrange(100, vocab - 100)}" for _ in range(n_tokens))
+def make_prompt(rng: random.Random, n_tokens: int, vocab: int) -> list[int]:
+    """Random token ids: the API takes them as the prompt (OpenAI-style), so lengths are exact."""
+    return [rng.randrange(100, vocab - 100) for _ in range(n_tokens)]
 
 
-async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, prompt: str) -> Result:
+async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, prompt: list[int]) -> Result:
     body = {
         "model": args.model,
         "prompt": prompt,
@@ -161,7 +162,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="requests sent (and dropped) before timing")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=128)
-    ap.add_argument("--vocab", type=int, default=152000, help="prompt words t100..t(vocab-100)")
+    ap.add_argument("--vocab", type=int, default=151000, help="prompt ids in [100, vocab-100)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="http")

@@ -256,7 +256,7 @@ class FastGenEngine(Engine):
             logits = self._put([uids[i] for i in batch_idx], pieces)
             for row, i in enumerate(batch_idx):
                 if offsets[i] == tokens[i].numel():
-                    out[i] = logits[row]
+                    out[i] = logits[row].clone()  # put() reuses its output buffer on the next call
         return torch.stack([o for o in out if o is not None])
 
     def _put(self, uids: list[int], tokens: list[torch.Tensor]) -> torch.Tensor:
