@@ -268,18 +268,23 @@ def build_app(service: Service) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest) -> Any:
         openai_checks(body)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        token_ids = bool(body.prompt) and all(isinstance(t, int) for t in body.prompt)
+        prompts = [body.prompt] if isinstance(body.prompt, str) or token_ids else body.prompt
         if len(prompts) != 1:
             raise APIError(
                 400, "exactly one prompt per request is supported", param="prompt", code="unsupported_value"
             )
+        if token_ids:  # token ids as the prompt (OpenAI allows it; exact lengths for benchmarks)
+            vocab = len(service.tokenizer)
+            if any(not 0 <= int(t) < vocab for t in prompts[0]):
+                raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
         admit()
         n_max = max_new(body.max_tokens, "max_tokens")
-        ids = service.encode_text(prompts[0])
+        ids = [int(t) for t in prompts[0]] if token_ids else service.encode_text(str(prompts[0]))
         check_prompt(ids, n_max)
         req = service.new_request(ids, params(body, n_max, 1.0), "/v1/completions")
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        prefix = prompts[0] if body.echo else ""
+        prefix = (service.decode(ids) if token_ids else str(prompts[0])) if body.echo else ""
 
         def chunk(text: str, finish: str | None) -> dict[str, Any]:
             return {

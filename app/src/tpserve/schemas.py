@@ -62,7 +62,7 @@ class _OpenAIFields(SamplingFields):
 
 
 class CompletionRequest(_OpenAIFields):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int]  # OpenAI: a prompt may be given as token ids
     echo: bool = False
 
 
