@@ -22,7 +22,7 @@ run "$PY" bench/runner.py http --results "$R" --engine fastgen --tp 2 --deadline
   --scenario "--concurrency 64 --requests 256" \
   --scenario "--rate 16 --requests 160"
 # 3. correctness: fastgen and autotp vs transformers (TP=1 and TP=2)
-run timeout "${T_TEST:-150}" "$PY" -m pytest -q -rs -x -s app/tests/test_gpu_correctness.py -p no:cacheprovider \
+run timeout "${T_TEST:-150}" "$PY" -m pytest -q -rs -s app/tests/test_gpu_correctness.py -p no:cacheprovider \
   2>&1 | tee "$R/pytest.txt" | tail -25
 # 4. HF static cache, 1 GPU (the anchor the targets are measured against)
 BS="1 32" run "$PY" bench/runner.py run --results "$R" --deadline "${T_HFC:-90}" hfc
