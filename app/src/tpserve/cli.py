@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tp-grain-size", type=int, default=0, help="autotp: DeepSpeed tp_grain_size (0 = default)"
     )
+    p.add_argument("--no-batch-decode", action="store_true", help="autotp: one forward per sequence per step")
     p.add_argument(
         "--pid-file", default=None, help="rank 0 writes its PID here (for a graceful stop: SIGTERM it)"
     )
@@ -97,6 +98,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str, s
             kv_cache_gb=a.kv_cache_gb,
             kernel_inject=a.kernel_inject,
             tp_grain_size=a.tp_grain_size,
+            batch_decode=not a.no_batch_decode,
             api_key=api_key_from_env(),
         ),
         a.log_level,

@@ -30,6 +30,7 @@ class ServeConfig:
     kv_cache_gb: float = 0.0
     kernel_inject: bool = False
     tp_grain_size: int = 0
+    batch_decode: bool = True
     api_key: str | None = dataclasses.field(default=None, repr=False)
 
     @property

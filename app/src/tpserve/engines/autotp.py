@@ -104,6 +104,17 @@ class AutoTPEngine(Engine):
         self._lengths: dict[int, int] = {}
         self._vocab = int(self.model.config.vocab_size)
         self._max_seq = options.max_seq_len or int(self.config.get("max_position_embeddings", 2048))
+        # decode steps of several sequences run as one padded batch when every layer is plain full
+        # attention (no sliding window) and kernel injection (its own KV cache) is off
+        full_attention = all(
+            t == "full_attention" for t in self.config.get("layer_types") or ["full_attention"]
+        )
+        self._batch_decode = (
+            options.batch_decode
+            and not inject
+            and full_attention
+            and not self.config.get("use_sliding_window", False)
+        )
 
     def _make_report(self) -> dict[str, Any]:
         linear = linear_weight_bytes(self.model)
@@ -119,26 +130,77 @@ class AutoTPEngine(Engine):
     def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
         if len(uids) != len(chunks):
             raise ValueError("uids and chunks differ in length")
-        rows: list[torch.Tensor] = []
         for uid, chunk in zip(uids, chunks, strict=True):
             if not chunk:
                 raise ValueError(f"empty chunk for uid {uid}")
             length = self._lengths.get(uid, 0) + len(chunk)
             if length > self._max_seq:
                 raise ValueError(f"uid {uid} would reach {length} tokens > max_seq_len {self._max_seq}")
-            ids = torch.tensor([list(chunk)], dtype=torch.long, device=self.device)
-            out = self.model(
-                input_ids=ids,
-                past_key_values=self._caches.get(uid),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            self._caches[uid] = out.past_key_values
-            self._lengths[uid] = length
-            rows.append(out.logits[0, -1].float().cpu())
+        rows: list[torch.Tensor | None] = [None] * len(uids)
+        decode = [
+            i for i, (u, c) in enumerate(zip(uids, chunks, strict=True)) if len(c) == 1 and u in self._caches
+        ]
+        if self._batch_decode and len(decode) > 1:
+            logits = self._decode_batch([uids[i] for i in decode], [chunks[i][0] for i in decode])
+            for row, i in enumerate(decode):
+                rows[i] = logits[row]
+        for i, (uid, chunk) in enumerate(zip(uids, chunks, strict=True)):
+            if rows[i] is None:
+                rows[i] = self._forward_one(uid, chunk)
         if not rows:
             return torch.empty((0, self._vocab), dtype=torch.float32)
-        return torch.stack(rows)
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    def _forward_one(self, uid: int, chunk: Sequence[int]) -> torch.Tensor:
+        """One sequence (a prompt or one token) against its own KV cache."""
+        ids = torch.tensor([list(chunk)], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=ids, past_key_values=self._caches.get(uid), use_cache=True, logits_to_keep=1
+        )
+        self._caches[uid] = out.past_key_values
+        self._lengths[uid] = self._lengths.get(uid, 0) + len(chunk)
+        return out.logits[0, -1].float().cpu()
+
+    def _decode_batch(self, uids: list[int], tokens: list[int]) -> torch.Tensor:
+        """One token for each of several sequences in ONE forward: their KV caches are left-padded
+        into a batch (padding masked out, true positions via position_ids), then split back."""
+        from transformers import DynamicCache
+
+        lengths = [self._lengths[u] for u in uids]
+        longest = max(lengths)
+        per_seq = [list(self._caches[u]) for u in uids]
+        layers = []
+        for layer in range(len(per_seq[0])):
+            keys, values = [], []
+            for seq, n in zip(per_seq, lengths, strict=True):
+                k, v = seq[layer][0], seq[layer][1]
+                pad = (0, 0, longest - n, 0)
+                keys.append(torch.nn.functional.pad(k, pad))
+                values.append(torch.nn.functional.pad(v, pad))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        batch = DynamicCache(ddp_cache_data=layers)
+        mask = torch.zeros((len(uids), longest + 1), dtype=torch.long, device=self.device)
+        for row, n in enumerate(lengths):
+            mask[row, longest - n :] = 1
+        out = self.model(
+            input_ids=torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device),
+            attention_mask=mask,
+            position_ids=torch.tensor([[n] for n in lengths], dtype=torch.long, device=self.device),
+            past_key_values=batch,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        merged = [(k, v) for k, v, *_ in out.past_key_values]
+        for row, (uid, n) in enumerate(zip(uids, lengths, strict=True)):
+            start = longest - n
+            self._caches[uid] = DynamicCache(
+                ddp_cache_data=[
+                    (k[row : row + 1, :, start:].clone(), v[row : row + 1, :, start:].clone())
+                    for k, v in merged
+                ]
+            )
+            self._lengths[uid] = n + 1
+        return out.logits[:, -1].float().cpu()
 
     def release(self, uid: int) -> None:
         self._caches.pop(uid, None)
@@ -173,6 +235,7 @@ class AutoTPEngine(Engine):
             "model_type": self.config.get("model_type"),
             "max_seq_len": self._max_seq,
             "max_batch_size": self.options.max_batch_size,
+            "batched_decode": self._batch_decode,
         }
 
 

@@ -57,6 +57,7 @@ class EngineOptions:
     kv_cache_gb: float = 0.0  # fastgen: KV cache budget per GPU (0 = engine default)
     kernel_inject: bool = False  # autotp: only honoured where DeepSpeed has a policy
     tp_grain_size: int = 0  # autotp: 0 = DeepSpeed's default (64)
+    batch_decode: bool = True  # autotp: decode several sequences in one padded forward
     dist: DistInfo = dataclasses.field(default_factory=DistInfo)
 
 
