@@ -36,9 +36,7 @@ def _number(raw: str | None) -> float | None:
         return None
 
 
-def nvidia_smi_gpus(
-    stdout: str, fields: list[str] | tuple[str, ...] = QUERY_FIELDS
-) -> list[dict[str, Any]]:
+def nvidia_smi_gpus(stdout: str, fields: list[str] | tuple[str, ...] = QUERY_FIELDS) -> list[dict[str, Any]]:
     """One dict per GPU: index, name, uuid, driver_version, memory_mib, compute_cap (float).
 
     Raises ValueError on a line whose column count does not match `fields` (e.g. an error message
@@ -50,10 +48,12 @@ def nvidia_smi_gpus(
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) != len(fields):
+            expected = ", ".join(fields)
+            line = ",".join(row)
             raise ValueError(
-                f"nvidia-smi line has {len(row)} columns, expected {len(fields)} ({', '.join(fields)}): {','.join(row)!r}"
+                f"nvidia-smi line has {len(row)} columns, expected {len(fields)} ({expected}): {line!r}"
             )
-        raw = {field: _value(cell) for field, cell in zip(fields, row)}
+        raw = {field: _value(cell) for field, cell in zip(fields, row, strict=True)}
         index = _number(raw.get("index"))
         memory = _number(raw.get("memory.total"))
         cc = _number(raw.get("compute_cap"))
