@@ -81,12 +81,20 @@ def init(info: DistInfo, device: str, heartbeat_timeout_s: float, startup_timeou
         import torch
 
         torch.cuda.set_device(info.local_rank)
+    cross_host_cpu = device == "cpu" and not info.single_host
+    if cross_host_cpu:
+        # DeepSpeed's shm all-reduce only works when every rank shares one host; across hosts it
+        # SEGFAULTs (deepspeed#7625). Do not even JIT-build it (30-90 s per node for nothing).
+        import importlib
+
+        # not `import deepspeed.comm.torch as m`: deepspeed.comm has an attribute `torch` (the torch module)
+        ds_torch_backend = importlib.import_module("deepspeed.comm.torch")
+        ds_torch_backend.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend=backend, timeout=dt.timedelta(seconds=startup_timeout_s))
-    if device == "cpu" and not info.single_host:
-        # DeepSpeed's shm all-reduce is only valid when every rank shares one host; across hosts it
-        # SEGFAULTs (deepspeed#7625). Level 0 makes inference_all_reduce use torch.distributed (gloo).
+    if cross_host_cpu:
+        # level 0: inference_all_reduce uses torch.distributed (gloo) whatever the op state
         dscomm.comm.cdb.shm_vector_kernel_level = 0
-        log.info("ranks span hosts: DeepSpeed shm all-reduce disabled, gloo all-reduce used")
+        log.info("ranks span hosts: DeepSpeed shm all-reduce disabled (not built), gloo all-reduce used")
     group = tdist.new_group(backend="gloo", timeout=dt.timedelta(seconds=heartbeat_timeout_s))
     log.info(
         "rank %d/%d (local %d/%d on %s) joined; data plane %s, control gloo (timeout %.0f s)",
