@@ -157,6 +157,7 @@ def _tp_sizes() -> list[int]:
 def test_fastgen_matches_transformers(model_dir: Path, reference: dict, tp: int, tmp_path: Path) -> None:
     got = _run_engine(model_dir, "fastgen", tp, "auto", tmp_path)
     assert got["describe"]["tp_size"] == tp
+    print(f"fastgen tp={tp} weight report: {got['weight_report']}")
     if tp > 1:
         assert abs(got["weight_report"]["linear_fraction"] - 1 / tp) < 0.25 / tp, got["weight_report"]
     _compare(got, reference, 2e-2, f"fastgen tp={tp}")
