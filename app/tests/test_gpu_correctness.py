@@ -13,6 +13,8 @@ Tolerances (stated, checked):
   last is chunked by fastgen, whose step budget is 2048 tokens): identical to the reference,
   except that a sequence may diverge at a step where the reference's top-2 logit margin is below
   0.05 (a near tie that fp16 rounding may flip), after which it is no longer compared.
+- KNOWN BUG (xfail, strict): fastgen's 2100-token prompt is off (rel. error 0.32, TP=1, H200,
+  2026-11-21); the 32- and 7-token prompts of the same batch pass. autotp passes all three.
 
 Run on a GPU host:  pytest app/tests/test_gpu_correctness.py -v
 """
@@ -131,9 +133,23 @@ def _run_engine(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Pat
     return data
 
 
-def _compare(got: dict, ref: dict, rel_tol: float, label: str) -> list[str]:
+_RUNS: dict[tuple[str, int], dict] = {}
+
+
+def _engine_result(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path) -> dict:
+    """One subprocess run per (engine, tp) for all tests of this module."""
+    if (engine, tp) not in _RUNS:
+        _RUNS[(engine, tp)] = _run_engine(model_dir, engine, tp, dtype, tmp_path)
+    return _RUNS[(engine, tp)]
+
+
+def _compare(
+    got: dict, ref: dict, rel_tol: float, label: str, seqs: tuple[int, ...] = (0, 1, 2)
+) -> list[str]:
     report = []
     for i, (lg, lr) in enumerate(zip(got["logits"], ref["logits"], strict=True)):
+        if i not in seqs:
+            continue
         rel = float((lg - lr).norm() / lr.norm())
         assert rel < rel_tol, f"{label} seq {i}: first-step logits rel error {rel:.2e} >= {rel_tol}"
         toks, ref_toks, margins = got["tokens"][i], ref["tokens"][i], ref["margins"][i]
@@ -155,18 +171,32 @@ def _tp_sizes() -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("tp", _tp_sizes())
 def test_fastgen_matches_transformers(model_dir: Path, reference: dict, tp: int, tmp_path: Path) -> None:
-    got = _run_engine(model_dir, "fastgen", tp, "auto", tmp_path)
+    """Short prompts (32 and 7 tokens) in one batch with a long one."""
+    got = _engine_result(model_dir, "fastgen", tp, "auto", tmp_path)
     assert got["describe"]["tp_size"] == tp
     print(f"fastgen tp={tp} weight report: {got['weight_report']}")
-    if tp > 1:
-        assert abs(got["weight_report"]["linear_fraction"] - 1 / tp) < 0.25 / tp, got["weight_report"]
-    _compare(got, reference, 2e-2, f"fastgen tp={tp}")
+    assert abs(got["weight_report"]["linear_fraction"] - 1 / tp) < 0.25 / tp, got["weight_report"]
+    _compare(got, reference, 2e-2, f"fastgen tp={tp}", seqs=(0, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, seen 2026-11-21 on H200 (TP=1): a 2100-token prompt prefilled in two forwards "
+    "(2009 + 91 tokens) gives first-step logits 0.32 rel. error from transformers; cause not found yet",
+)
+@pytest.mark.parametrize("tp", _tp_sizes())
+def test_fastgen_long_prompt_matches_transformers(
+    model_dir: Path, reference: dict, tp: int, tmp_path: Path
+) -> None:
+    got = _engine_result(model_dir, "fastgen", tp, "auto", tmp_path)
+    _compare(got, reference, 2e-2, f"fastgen tp={tp} long prompt", seqs=(2,))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tp", _tp_sizes())
 def test_autotp_matches_transformers(model_dir: Path, reference: dict, tp: int, tmp_path: Path) -> None:
-    got = _run_engine(model_dir, "autotp", tp, "float32", tmp_path)
+    got = _engine_result(model_dir, "autotp", tp, "float32", tmp_path)
     _compare(got, reference, 1e-3, f"autotp tp={tp}")
 
 
