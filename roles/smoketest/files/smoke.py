@@ -59,9 +59,7 @@ class Report:
     samples: list[Sample] = field(default_factory=list)
     load: dict[str, Any] = field(default_factory=dict)
 
-    def add(
-        self, name: str, ok: bool, detail: str, latency_s: float | None = None
-    ) -> bool:
+    def add(self, name: str, ok: bool, detail: str, latency_s: float | None = None) -> bool:
         self.checks.append(
             Check(
                 name,
@@ -144,12 +142,7 @@ def check_group_health(
     for r in ranks:
         frac = r.get("linear_fraction")
         wb, lwb = r.get("weight_bytes") or 0, r.get("linear_weight_bytes") or 0
-        ok = (
-            isinstance(frac, (int, float))
-            and abs(frac - want) <= tolerance
-            and wb > 0
-            and lwb > 0
-        )
+        ok = isinstance(frac, (int, float)) and abs(frac - want) <= tolerance and wb > 0 and lwb > 0
         report.add(
             f"{label}.rank{r.get('rank')}.shard",
             ok,
@@ -166,9 +159,7 @@ def check_group_health(
         )
 
 
-def check_health(
-    client: httpx.Client, report: Report, args: argparse.Namespace
-) -> bool:
+def check_health(client: httpx.Client, report: Report, args: argparse.Namespace) -> bool:
     t0 = time.perf_counter()
     try:
         r = client.get("/health")
@@ -187,10 +178,8 @@ def check_health(
         replicas = body.get("replicas") or []
         report.add(
             "router.replicas",
-            len(replicas) == args.replicas
-            and body.get("healthy_replicas") == len(replicas),
-            f"{body.get('healthy_replicas')}/{len(replicas)} healthy, "
-            f"expected {args.replicas}",
+            len(replicas) == args.replicas and body.get("healthy_replicas") == len(replicas),
+            f"{body.get('healthy_replicas')}/{len(replicas)} healthy, expected {args.replicas}",
         )
         for i, rep in enumerate(replicas):
             report.add(
@@ -220,9 +209,7 @@ def check_health(
     return True
 
 
-def check_requests(
-    client: httpx.Client, report: Report, args: argparse.Namespace
-) -> None:
+def check_requests(client: httpx.Client, report: Report, args: argparse.Namespace) -> None:
     auth = client.headers.get("authorization")
     # /generate with the seed prompt.
     t0 = time.perf_counter()
@@ -259,9 +246,7 @@ def check_requests(
     usage = body.get("usage") or {}
     report.add(
         "openai.chat",
-        r.status_code == 200
-        and len(text) > 0
-        and usage.get("completion_tokens", 0) > 0,
+        r.status_code == 200 and len(text) > 0 and usage.get("completion_tokens", 0) > 0,
         f"HTTP {r.status_code}, {usage.get('completion_tokens')} tokens: {text[:60]!r}",
         dt,
     )
@@ -271,9 +256,7 @@ def check_requests(
     events: list[str] = []
     first_token_s = None
     try:
-        with client.stream(
-            "POST", "/v1/chat/completions", json={**chat, "stream": True}
-        ) as s:
+        with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as s:
             status = s.status_code
             for line in s.iter_lines():
                 if line.startswith("data:"):
@@ -291,10 +274,7 @@ def check_requests(
             pass
     report.add(
         "openai.stream",
-        status == 200
-        and len(events) > 1
-        and events[-1] == "[DONE]"
-        and len(content) > 0,
+        status == 200 and len(events) > 1 and events[-1] == "[DONE]" and len(content) > 0,
         f"HTTP {status}, {len(events)} events, "
         f"last {events[-1] if events else None!r}, "
         f"first event after {first_token_s}s, {len(content)} chars",
@@ -317,9 +297,7 @@ def check_requests(
         ),
         (
             "bad.unknown_model",
-            client.post(
-                "/v1/chat/completions", json={**chat, "model": "no-such-model"}
-            ),
+            client.post("/v1/chat/completions", json={**chat, "model": "no-such-model"}),
         ),
         (
             "bad.empty_messages",
@@ -327,9 +305,7 @@ def check_requests(
         ),
     ]
     if auth:
-        with httpx.Client(
-            base_url=str(client.base_url), timeout=client.timeout
-        ) as anon:
+        with httpx.Client(base_url=str(client.base_url), timeout=client.timeout) as anon:
             bad.append(
                 (
                     "bad.missing_api_key",
@@ -382,17 +358,13 @@ async def _one(client: httpx.AsyncClient, i: int, args: argparse.Namespace) -> S
     )
 
 
-async def run_load(
-    report: Report, args: argparse.Namespace, headers: dict[str, str]
-) -> None:
+async def run_load(report: Report, args: argparse.Namespace, headers: dict[str, str]) -> None:
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(
         base_url=args.url, headers=headers, timeout=args.timeout, limits=limits
     ) as client:
         t0 = time.perf_counter()
-        samples = await asyncio.gather(
-            *(_one(client, i, args) for i in range(args.concurrency))
-        )
+        samples = await asyncio.gather(*(_one(client, i, args) for i in range(args.concurrency)))
         wall = time.perf_counter() - t0
     report.samples = list(samples)
     ok = [s for s in samples if s.status == 200]
@@ -460,12 +432,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         required=True,
         help="ranks of the group (tp_across_nodes)",
     )
-    p.add_argument(
-        "--nodes", type=int, default=None, help="distinct hosts the ranks must be on"
-    )
-    p.add_argument(
-        "--replicas", type=int, default=1, help="replicas behind the router (replicas)"
-    )
+    p.add_argument("--nodes", type=int, default=None, help="distinct hosts the ranks must be on")
+    p.add_argument("--replicas", type=int, default=1, help="replicas behind the router (replicas)")
     p.add_argument("--tolerance", type=float, default=0.02)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--load-max-tokens", type=int, default=32)
@@ -496,9 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    with httpx.Client(
-        base_url=args.url, headers=headers, timeout=args.timeout
-    ) as client:
+    with httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client:
         if check_health(client, report, args):
             try:
                 check_requests(client, report, args)
@@ -510,9 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     for s, d in zip(report.samples, out["samples"], strict=True):
         d["tokens_per_s"] = round(s.tokens_per_s, 2)
     out["passed"] = not report.failures
-    args.report.write_text(
-        json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    args.report.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print_table(report)
     print(f"report: {args.report}")
     return 0 if not report.failures else 1
