@@ -43,7 +43,9 @@ def make_prompt(rng: random.Random, n_tokens: int, vocab: int) -> list[int]:
     return [rng.randrange(100, vocab - 100) for _ in range(n_tokens)]
 
 
-async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, prompt: list[int]) -> Result:
+async def one_request(
+    client: httpx.AsyncClient, args: argparse.Namespace, prompt: list[int]
+) -> Result:
     body = {
         "model": args.model,
         "prompt": prompt,
@@ -109,8 +111,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[Result] = []
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         if args.warmup:
-            await asyncio.gather(*(one_request(client, args, prompts[i % len(prompts)])
-                                   for i in range(min(args.warmup, args.concurrency or args.warmup))))
+            await asyncio.gather(
+                *(
+                    one_request(client, args, prompts[i % len(prompts)])
+                    for i in range(min(args.warmup, args.concurrency or args.warmup))
+                )
+            )
         t0 = time.perf_counter()
         if args.rate > 0:
             tasks = []
@@ -153,13 +159,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--model", default="bench-model", help="served model name")
     ap.add_argument("--concurrency", type=int, default=1, help="closed loop: parallel clients")
-    ap.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s (Poisson); 0 = closed")
+    ap.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: requests/s (Poisson); 0 = closed"
+    )
     ap.add_argument("--requests", type=int, default=16)
-    ap.add_argument("--warmup", type=int, default=1, help="requests sent (and dropped) before timing")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="requests sent (and dropped) before timing"
+    )
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=151000, help="prompt ids in [100, vocab-100)")

@@ -68,9 +68,15 @@ def timed(fn: Callable[[int], Any]) -> tuple[float, float, Any]:
 
 
 def report(bs: int, t1: float, tn: float, **extra: Any) -> None:
-    log(stage="generate", bs=bs, prefill_s=round(t1, 4), total_s=round(tn, 4),
+    log(
+        stage="generate",
+        bs=bs,
+        prefill_s=round(t1, 4),
+        total_s=round(tn, 4),
         ms_per_token=round((tn - t1) / (NEW - 1) * 1000, 3),
-        tok_per_s=round(bs * NEW / tn, 1), **extra)
+        tok_per_s=round(bs * NEW / tn, 1),
+        **extra,
+    )
 
 
 def hf_config() -> Any:
@@ -101,6 +107,7 @@ def phase_env() -> None:
 
     try:
         import deepspeed
+
         ds = deepspeed.__version__
     except Exception as exc:
         ds = f"missing: {exc}"
@@ -114,10 +121,18 @@ def phase_env() -> None:
         y.copy_(x)
     torch.cuda.synchronize()
     bw = 2 * 2**31 * 20 / (time.perf_counter() - t) / 1e12
-    log(stage="env", torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__,
-        deepspeed=ds, gpu=torch.cuda.get_device_name(0), n_gpu=torch.cuda.device_count(),
-        cc=".".join(map(str, torch.cuda.get_device_capability(0))), copy_tb_per_s=round(bw, 3),
-        python=sys.version.split()[0])
+    log(
+        stage="env",
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        transformers=transformers.__version__,
+        deepspeed=ds,
+        gpu=torch.cuda.get_device_name(0),
+        n_gpu=torch.cuda.device_count(),
+        cc=".".join(map(str, torch.cuda.get_device_capability(0))),
+        copy_tb_per_s=round(bw, 3),
+        python=sys.version.split()[0],
+    )
 
 
 def phase_save() -> None:
@@ -127,11 +142,20 @@ def phase_save() -> None:
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     model.save_pretrained(MODEL_DIR, safe_serialization=True)
     write_tokenizer(MODEL_DIR, model.config.vocab_size)
-    log(stage="saved", s=round(time.perf_counter() - t, 1), weight_gb=round(wbytes / 1e9, 2), path=MODEL_DIR)
+    log(
+        stage="saved",
+        s=round(time.perf_counter() - t, 1),
+        weight_gb=round(wbytes / 1e9, 2),
+        path=MODEL_DIR,
+    )
 
 
 def write_tokenizer(path: str, vocab_size: int) -> None:
-    """Word-level tokenizer: the text "t17 t4" is exactly the tokens [17, 4] (fixed-length prompts)."""
+    """Word-level tokenizer ("t17 t4" = tokens [17, 4]).
+
+    NB: transformers' AutoTokenizer loads it as Qwen2Tokenizer (model_type qwen2), which cannot
+    encode these words: loadgen sends token-id prompts; decoding ("t17") works.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -141,10 +165,13 @@ def write_tokenizer(path: str, vocab_size: int) -> None:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   unk_token="t0")
-    fast.chat_template = ("{% for m in messages %}<|im_start|> {{ m['content'] }} <|im_end|> {% endfor %}"
-                          "{% if add_generation_prompt %}<|im_start|> {% endif %}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="t0"
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['content'] }} <|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> {% endif %}"
+    )
     fast.save_pretrained(path)
 
 
@@ -154,8 +181,10 @@ def hf_generate_fn(model: Any, bs: int) -> Callable[[int], Any]:
 
     def run(new: int) -> Any:
         with torch.no_grad():
-            return model.generate(ids, attention_mask=mask, do_sample=False,
-                                  max_new_tokens=new, min_new_tokens=new)
+            return model.generate(
+                ids, attention_mask=mask, do_sample=False, max_new_tokens=new, min_new_tokens=new
+            )
+
     return run
 
 
@@ -168,8 +197,13 @@ def phase_hf(static: bool) -> None:
         fn = hf_generate_fn(model, bs)
         t1, tn, out = timed(fn)
         assert out.shape[1] == PROMPT + NEW, out.shape
-        report(bs, t1, tn, setup_and_timing_s=round(time.perf_counter() - t, 1),
-               first16=out[0, PROMPT:PROMPT + 16].tolist())
+        report(
+            bs,
+            t1,
+            tn,
+            setup_and_timing_s=round(time.perf_counter() - t, 1),
+            first16=out[0, PROMPT : PROMPT + 16].tolist(),
+        )
 
 
 def phase_ds() -> None:
@@ -177,19 +211,30 @@ def phase_ds() -> None:
 
     model = build_hf(f"cuda:{LOCAL_RANK}")
     t = time.perf_counter()
-    engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": WORLD}, dtype=torch.bfloat16,
-                                      replace_with_kernel_inject=False)
+    engine = deepspeed.init_inference(
+        model,
+        tensor_parallel={"tp_size": WORLD},
+        dtype=torch.bfloat16,
+        replace_with_kernel_inject=False,
+    )
     torch.cuda.empty_cache()
-    log(stage="init_inference", s=round(time.perf_counter() - t, 2),
+    log(
+        stage="init_inference",
+        s=round(time.perf_counter() - t, 2),
         params_on_rank=sum(p.numel() for p in engine.module.parameters()),
-        alloc_gib=round(torch.cuda.memory_allocated() / 2**30, 2))
+        alloc_gib=round(torch.cuda.memory_allocated() / 2**30, 2),
+    )
     for bs in BATCHES:
         t1, tn, out = timed(hf_generate_fn(engine.module, bs))
-        report(bs, t1, tn, first16=out[0, PROMPT:PROMPT + 16].tolist())
+        report(bs, t1, tn, first16=out[0, PROMPT : PROMPT + 16].tolist())
 
 
-def v2_loop(put: Callable[[list[int], list[torch.Tensor]], torch.Tensor], flush: Callable[[int], None],
-            bs: int, vocab: int) -> Callable[[int], Any]:
+def v2_loop(
+    put: Callable[[list[int], list[torch.Tensor]], torch.Tensor],
+    flush: Callable[[int], None],
+    bs: int,
+    vocab: int,
+) -> Callable[[int], Any]:
     ps = prompts(bs, vocab)
     counter = [0]
 
@@ -202,13 +247,14 @@ def v2_loop(put: Callable[[list[int], list[torch.Tensor]], torch.Tensor], flush:
         for _ in range(new - 1):
             for i in range(bs):
                 got[i].append(int(nxt[i]))
-            logits = put(uids, [nxt[i:i + 1] for i in range(bs)])
+            logits = put(uids, [nxt[i : i + 1] for i in range(bs)])
             nxt = logits.argmax(-1).cpu()
         for i in range(bs):
             got[i].append(int(nxt[i]))
         for u in uids:
             flush(u)
         return got
+
     return run
 
 
@@ -219,9 +265,15 @@ def phase_v2(wrapped: bool) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app" / "src"))
         from tpserve.engines.fastgen import FastGenEngine, FastGenSettings
 
-        eng = FastGenEngine(FastGenSettings(model_dir=MODEL_DIR, tp_size=WORLD, kv_cache_blocks=kv_blocks,
-                                            max_batch_tokens=max(BATCHES) * PROMPT,
-                                            max_batch_sequences=max(BATCHES)))
+        eng = FastGenEngine(
+            FastGenSettings(
+                model_dir=MODEL_DIR,
+                tp_size=WORLD,
+                kv_cache_blocks=kv_blocks,
+                max_batch_tokens=max(BATCHES) * PROMPT,
+                max_batch_sequences=max(BATCHES),
+            )
+        )
         put, flush = eng.forward, eng.release
         free = eng.free_kv_blocks
     else:
@@ -229,19 +281,36 @@ def phase_v2(wrapped: bool) -> None:
         from deepspeed.inference.v2 import RaggedInferenceEngineConfig, build_hf_engine
 
         deepspeed.init_distributed()
-        mem = {"mode": "allocate", "size": kv_blocks} if kv_blocks else {"mode": "reserve", "size": 8 * 2**30}
-        raw = build_hf_engine(MODEL_DIR, RaggedInferenceEngineConfig(
-            tensor_parallel={"tp_size": WORLD},
-            state_manager={"max_tracked_sequences": 256, "max_ragged_batch_size": max(BATCHES) * PROMPT,
-                           "max_ragged_sequence_count": max(BATCHES), "max_context": 1024,
-                           "memory_config": mem}))
+        mem = (
+            {"mode": "allocate", "size": kv_blocks}
+            if kv_blocks
+            else {"mode": "reserve", "size": 8 * 2**30}
+        )
+        raw = build_hf_engine(
+            MODEL_DIR,
+            RaggedInferenceEngineConfig(
+                tensor_parallel={"tp_size": WORLD},
+                state_manager={
+                    "max_tracked_sequences": 256,
+                    "max_ragged_batch_size": max(BATCHES) * PROMPT,
+                    "max_ragged_sequence_count": max(BATCHES),
+                    "max_context": 1024,
+                    "memory_config": mem,
+                },
+            ),
+        )
 
         def put(uids: list[int], toks: list[torch.Tensor]) -> torch.Tensor:
             return raw.put(uids, toks, do_checks=False)
+
         flush = raw.flush
         free = int(raw.free_blocks[0])
-    log(stage="v2_build", s=round(time.perf_counter() - t, 1), kv_free_blocks=free,
-        alloc_gib=round(torch.cuda.memory_allocated() / 2**30, 2))
+    log(
+        stage="v2_build",
+        s=round(time.perf_counter() - t, 1),
+        kv_free_blocks=free,
+        alloc_gib=round(torch.cuda.memory_allocated() / 2**30, 2),
+    )
     vocab = json.loads(Path(MODEL_DIR, "config.json").read_text())["vocab_size"]
     for bs in BATCHES:
         t1, tn, out = timed(v2_loop(put, flush, bs, vocab))

@@ -4,7 +4,7 @@
 #   RESULTS=/some/dir bash bench/run_all.sh      (the device tool sets OUT; RESULTS defaults to it)
 # Each step has its own time limit (--deadline, seconds) so the run stays inside 10 minutes.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 R="${RESULTS:-${OUT:-/tmp/bench}}"
 mkdir -p "$R"
 echo "image TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset} (DeepSpeed needs plain 9.0)"

@@ -38,7 +38,8 @@ def say(msg: str) -> None:
 def base_env(results: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("MODEL_DIR", "/tmp/bench-model")
-    env["TORCH_CUDA_ARCH_LIST"] = os.environ.get("BENCH_CUDA_ARCH", "9.0")  # never "9.0a": DeepSpeed chokes
+    # never the image's "9.0a": DeepSpeed's op builder fails on it
+    env["TORCH_CUDA_ARCH_LIST"] = os.environ.get("BENCH_CUDA_ARCH", "9.0")
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on shared hosts
     env["RESULTS"] = str(results)
@@ -65,8 +66,15 @@ def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
 
 
 def launcher(n_gpus: int, port: int) -> list[str]:
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(n_gpus),
-            "--master_port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(n_gpus),
+        "--master_port",
+        str(port),
+    ]
 
 
 def run_phase(spec: str, results: Path, deadline: float, port: int) -> None:
@@ -94,8 +102,18 @@ def run_phase(spec: str, results: Path, deadline: float, port: int) -> None:
         rc = -9
     say(f"END {spec} rc={rc} in {time.monotonic() - t:.0f}s")
     with open(results / "phases.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"phase": name, "tag": env["TAG"], "stage": "exit", "rc": rc,
-                             "s": round(time.monotonic() - t, 1)}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "phase": name,
+                    "tag": env["TAG"],
+                    "stage": "exit",
+                    "rc": rc,
+                    "s": round(time.monotonic() - t, 1),
+                }
+            )
+            + "\n"
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -114,13 +132,27 @@ def cmd_http(args: argparse.Namespace) -> None:
     env = base_env(args.results)
     tag = f"http-{args.engine}-tp{args.tp}"
     log_path = args.results / f"server-{args.engine}-tp{args.tp}.log"
-    cmd = [*launcher(args.tp, args.port + 1), "--module", "tpserve", "--model", env["MODEL_DIR"],
-           "--engine", args.engine, "--tp-size", str(args.tp), "--port", str(args.port),
-           "--host", "127.0.0.1", *args.server_arg]
+    cmd = [
+        *launcher(args.tp, args.port + 1),
+        "--module",
+        "tpserve",
+        "--model",
+        env["MODEL_DIR"],
+        "--engine",
+        args.engine,
+        "--tp-size",
+        str(args.tp),
+        "--port",
+        str(args.port),
+        "--host",
+        "127.0.0.1",
+        *args.server_arg,
+    ]
     say(f"START server: {' '.join(cmd)}")
     with open(log_path, "w", encoding="utf-8") as logf:
-        srv = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        srv = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{args.port}"
     try:
         t = time.monotonic()
@@ -141,8 +173,17 @@ def cmd_http(args: argparse.Namespace) -> None:
             if left < 40:
                 say(f"SKIP scenario {scen}: {left:.0f}s left")
                 continue
-            lg = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--tag", tag,
-                  "--out", str(args.results / "phases.jsonl"), *scen.split()]
+            lg = [
+                sys.executable,
+                str(HERE / "loadgen.py"),
+                "--url",
+                url,
+                "--tag",
+                tag,
+                "--out",
+                str(args.results / "phases.jsonl"),
+                *scen.split(),
+            ]
             say(f"loadgen {scen}")
             subprocess.run(lg, env=env, timeout=left, check=False)
     finally:
@@ -163,37 +204,60 @@ def cmd_report(args: argparse.Namespace) -> None:
     env = next((r for r in rows if r.get("stage") == "env"), {})
     gens = [r for r in rows if r.get("stage") == "generate"]
     https = [r for r in rows if r.get("stage") == "loadgen"]
-    print("\n| engine | tag | bs / clients | ms/token (bs=1) | output tok/s | TTFT p50/p99 ms | ITL p50/p99 ms |")
+    print(
+        "\n| engine | tag | bs / clients | ms/token (bs=1) | output tok/s "
+        "| TTFT p50/p99 ms | ITL p50/p99 ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in gens:
-        print(f"| {r['phase']} | {r['tag']} | {r['bs']} | {r['ms_per_token'] if r['bs'] == 1 else ''} "
-              f"| {r['tok_per_s']} | | |")
+        print(
+            f"| {r['phase']} | {r['tag']} | {r['bs']} "
+            f"| {r['ms_per_token'] if r['bs'] == 1 else ''} | {r['tok_per_s']} | | |"
+        )
     for r in https:
-        print(f"| http | {r['tag']} | {r['concurrency'] or r['rate']} | "
-              f"{r['itl_ms_p50'] if r['concurrency'] == 1 else ''} | {r['output_tok_per_s']} | "
-              f"{r['ttft_ms_p50']}/{r['ttft_ms_p99']} | {r['itl_ms_p50']}/{r['itl_ms_p99']} |")
+        print(
+            f"| http | {r['tag']} | {r['concurrency'] or r['rate']} | "
+            f"{r['itl_ms_p50'] if r['concurrency'] == 1 else ''} | {r['output_tok_per_s']} | "
+            f"{r['ttft_ms_p50']}/{r['ttft_ms_p99']} | {r['itl_ms_p50']}/{r['itl_ms_p99']} |"
+        )
     toks = {r["tag"]: r["first32"] for r in rows if r.get("stage") == "tokens"}
     for a, b in (("v2-tp1", "v2-tp2"), ("fastgen-tp1", "fastgen-tp2")):
         if a in toks and b in toks:
-            same = next((i for i, (x, y) in enumerate(zip(toks[a], toks[b], strict=False)) if x != y), 32)
+            same = next(
+                (i for i, (x, y) in enumerate(zip(toks[a], toks[b], strict=False)) if x != y), 32
+            )
             print(f"greedy tokens {a} vs {b}: identical for the first {same} of 32")
     if args.out:
         gpu = env.get("gpu", "unknown").replace(" ", "-")
         out = args.out if args.out.suffix == ".json" else args.out / f"{dt.date.today()}-{gpu}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                   "env": env, "rows": rows}, indent=1))
+        out.write_text(
+            json.dumps(
+                {
+                    "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "env": env,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
         print(f"wrote {out}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("run", "http", "report"):
         p = sub.add_parser(name)
         p.add_argument("--results", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
-        p.add_argument("--out", type=Path, default=None, help="JSON file or folder for the merged result")
-        p.add_argument("--deadline", type=float, default=560.0, help="seconds from start for all phases")
+        p.add_argument(
+            "--out", type=Path, default=None, help="JSON file or folder for the merged result"
+        )
+        p.add_argument(
+            "--deadline", type=float, default=560.0, help="seconds from start for all phases"
+        )
         if name == "run":
             p.add_argument("phases", nargs="+")
         if name == "http":
@@ -202,8 +266,12 @@ def main() -> None:
             p.add_argument("--port", type=int, default=8011)
             p.add_argument("--start-timeout", type=float, default=300)
             p.add_argument("--server-arg", action="append", default=[])
-            p.add_argument("--scenario", action="append", default=[],
-                           help='loadgen args, e.g. "--concurrency 1 --requests 8"')
+            p.add_argument(
+                "--scenario",
+                action="append",
+                default=[],
+                help='loadgen args, e.g. "--concurrency 1 --requests 8"',
+            )
     args = ap.parse_args()
     {"run": cmd_run, "http": cmd_http, "report": cmd_report}[args.cmd](args)
 
