@@ -88,6 +88,7 @@ stage_unit() {
 stage_molecule() {
   local dir name any=0
   teardown_labs=1
+  step "lab selftest" tests/lab/selftest.sh
   for dir in molecule/*/; do
     name=$(basename "${dir}")
     [[ ${name} == _* || ! -f ${dir}molecule.yml ]] && continue
