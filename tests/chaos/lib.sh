@@ -73,7 +73,7 @@ playbook() {
 
 # health_ok: /health answers 200 with status ok.
 health_ok() {
-  curl -fsS -m 5 "${API_URL}/health" 2>/dev/null | grep -q '"status": *"ok"'
+  curl -fsS -m 5 "${API_URL}/health" 2>/dev/null | grep -qE '"status": *"(ok|ready)"'
 }
 
 # wait_health SECONDS: wait until health_ok; prints the seconds it took; rc 1 on timeout.

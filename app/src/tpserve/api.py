@@ -318,7 +318,10 @@ def build_app(service: Service) -> FastAPI:
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages", code="unsupported_value") from None
         admit()
-        n_max = max_new(body.max_completion_tokens or body.max_tokens, "max_tokens")
+        n_max = max_new(
+            body.max_completion_tokens or body.max_tokens,
+            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+        )
         ids = service.encode_chat(messages)
         check_prompt(ids, n_max)
         req = service.new_request(ids, params(body, n_max, 1.0), "/v1/chat/completions")

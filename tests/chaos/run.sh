@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# make chaos: faults injected into the running lab service (site.yml + serve.yml done), each timed.
+#
+#   LAB_INVENTORY=/tmp/q-inv tests/chaos/run.sh [SCENARIO...]
+#
+# Scenarios (default: all, in this order):
+#   kill-rank      kill -9 of the rank on the last worker: systemd restarts the group, /health ok
+#                  again within CHAOS_RECOVERY_LIMIT (120 s); in-flight streams end (error), none
+#                  hangs; smoketest.yml passes after.
+#   corrupt-model  one byte of the last worker's model.safetensors flipped in place (size and mtime
+#                  kept): site.yml --tags model sees it (rsync --checksum) and repairs it (sha256
+#                  equal to the master's again), health ok.
+#   master-reboot  podman restart of the master: the service is back without Ansible.
+#   worker-down    podman stop of the last worker: serve.yml and smoketest.yml fail fast naming
+#                  it; podman start, then serve.yml restores the service.
+#   replicas       serve.yml with tpserve_layout=replicas tpserve_tp_size=1; the last worker
+#                  stopped; once the router marks it down, CHAOS_REPLICA_REQUESTS requests -> 0
+#                  failed; worker started, layout restored (serve.yml) at the end.
+#   security       tests/security/check.sh all (live checks + Vault secrets, see there).
+#
+# Logs: reports/chaos/*.log; summary table: reports/chaos/summary.txt (and stdout).
+set -euo pipefail
+TEST_NAME=chaos
+# shellcheck source=tests/chaos/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "${REPO}"
+
+LOGS=${CHAOS_REPORT_DIR:-reports/chaos}
+RECOVERY_LIMIT=${CHAOS_RECOVERY_LIMIT:-120}
+FAIL_FAST_LIMIT=${CHAOS_FAIL_FAST_LIMIT:-180}
+REPLICA_REQUESTS=${CHAOS_REPLICA_REQUESTS:-100}
+MODEL=${TPSERVE_MODEL_NAME:-tiny-qwen2-synthetic}
+VICTIM=${WORKERS[-1]}
+mkdir -p "${LOGS}"
+rows=()
+failed=0
+row() { # row SCENARIO RESULT SECONDS DETAIL
+  rows+=("$(printf '| %-14s | %-4s | %7s | %s |' "$1" "$2" "$3" "$4")")
+  [[ $2 == PASS ]] || failed=$((failed + 1))
+  say "$1: $2 ($3 s) $4"
+}
+
+# wait_unhealthy SECONDS: until /health stops answering ok (the fault has been noticed).
+wait_unhealthy() {
+  local t0=${SECONDS}
+  while ((SECONDS - t0 < $1)); do
+    health_ok || return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+wait_ssh() { # wait_ssh HOST SECONDS
+  local t0=${SECONDS}
+  while ((SECONDS - t0 < $2)); do
+    node_sh "$1" true 2>/dev/null && return 0
+    sleep 1
+  done
+  return 1
+}
+
+ensure_serving() {
+  health_ok && return 0
+  say "service not healthy: serve.yml"
+  playbook "${LOGS}/serve-ensure.log" serve.yml || die "serve.yml failed (${LOGS}/serve-ensure.log)"
+}
+
+scenario_kill_rank() {
+  ensure_serving
+  local started=${LOGS}/inflight.started pid t0 t_down rec restarts0 restarts1 inflight
+  rm -f "${started}"
+  restarts0=$(node_sh "${VICTIM}" "systemctl show tpserve -p NRestarts --value")
+  "${PY}" tests/chaos/inflight.py --url "${API_URL}" --model "${MODEL}" --n 4 --max-tokens 500 \
+    --timeout 150 --started "${started}" >"${LOGS}/inflight.json" 2>"${LOGS}/inflight.err" &
+  inflight=$!
+  for _ in $(seq 120); do [[ -f ${started} ]] && break; sleep 0.5; done
+  [[ -f ${started} ]] || {
+    row kill-rank FAIL - "in-flight streams never started ($(tail -n 3 "${LOGS}/inflight.err"))"
+    return
+  }
+  pid=$(node_sh "${VICTIM}" "pgrep -u tpserve -f -- 'tpserve.*--local_rank=' | head -n1")
+  [[ -n ${pid} ]] || {
+    row kill-rank FAIL - "no rank process on ${VICTIM}"
+    return
+  }
+  t0=${SECONDS}
+  node_sh "${VICTIM}" "kill -9 ${pid}"
+  say "kill-rank: SIGKILL rank pid ${pid} on ${VICTIM}"
+  wait_unhealthy 60 || true
+  t_down=$((SECONDS - t0))
+  local rc=0
+  wait "${inflight}" || rc=$?
+  local counts
+  counts=$("${PY}" -c 'import json,sys; print(json.load(open(sys.argv[1]))["counts"])' "${LOGS}/inflight.json" 2>/dev/null || echo "?")
+  if rec=$(wait_health "${RECOVERY_LIMIT}"); then rec=$((SECONDS - t0)); else rec=timeout; fi
+  restarts1=$(node_sh "${VICTIM}" "systemctl show tpserve -p NRestarts --value")
+  local smoke=PASS
+  playbook "${LOGS}/smoke-after-kill.log" smoketest.yml || smoke=FAIL
+  if [[ ${rec} != timeout ]] && ((rec <= RECOVERY_LIMIT)) && ((rc == 0)) && [[ ${smoke} == PASS ]] &&
+    ((restarts1 > restarts0)) && ! grep -q "'completed': 4" <<<"${counts}"; then
+    row kill-rank PASS "${rec}" "unhealthy after ${t_down}s, serving again ${rec}s after the kill; in-flight ${counts}; NRestarts ${restarts0}->${restarts1}; smoketest ${smoke}"
+  else
+    row kill-rank FAIL "${rec}" "in-flight ${counts} (rc ${rc}); NRestarts ${restarts0}->${restarts1}; smoketest ${smoke}"
+  fi
+}
+
+scenario_corrupt_model() {
+  ensure_serving
+  local dir=/opt/tpserve/models/${MODEL} f sum_master sum_before sum_after t0 rc=0 took
+  f=${dir}/model.safetensors
+  sum_master=$(node_sh "${MASTER}" "sha256sum ${f} | cut -d' ' -f1")
+  # Flip one byte in the middle of the weights; keep size and mtime (rsync's quick check is blind).
+  node_sh "${VICTIM}" "set -e; cp -p ${f} /tmp/ref; off=\$((\$(stat -c %s ${f}) / 2)); \
+    b=\$(dd if=${f} bs=1 skip=\${off} count=1 2>/dev/null | od -An -tu1 | tr -d ' '); \
+    printf \"\\\\\$(printf %03o \$(((b + 1) % 256)))\" | dd of=${f} bs=1 seek=\${off} conv=notrunc 2>/dev/null; \
+    touch -r /tmp/ref ${f}; rm -f /tmp/ref"
+  sum_before=$(node_sh "${VICTIM}" "sha256sum ${f} | cut -d' ' -f1")
+  [[ ${sum_before} != "${sum_master}" ]] || {
+    row corrupt-model FAIL - "could not corrupt ${f} on ${VICTIM}"
+    return
+  }
+  t0=${SECONDS}
+  playbook "${LOGS}/site-model-repair.log" site.yml --tags model || rc=$?
+  took=$((SECONDS - t0))
+  sum_after=$(node_sh "${VICTIM}" "sha256sum ${f} | cut -d' ' -f1")
+  local seen=no
+  grep -qE "changed: \[${VICTIM}|${VICTIM}.*model.safetensors|>f.c.*model.safetensors" "${LOGS}/site-model-repair.log" && seen=yes
+  local health=ok
+  wait_health 300 >/dev/null || health=down
+  if ((rc == 0)) && [[ ${sum_after} == "${sum_master}" && ${seen} == yes && ${health} == ok ]]; then
+    row corrupt-model PASS "${took}" "byte flipped on ${VICTIM} (size+mtime kept); site.yml --tags model repaired it (sha256 equal to master's), health ${health}"
+  else
+    row corrupt-model FAIL "${took}" "site.yml rc ${rc}, change seen ${seen}, sha256 ok $([[ ${sum_after} == "${sum_master}" ]] && echo yes || echo no), health ${health}"
+  fi
+}
+
+scenario_master_reboot() {
+  ensure_serving
+  local t0 rec
+  t0=${SECONDS}
+  podman restart -t 10 "$(container_of "${MASTER}")" >/dev/null
+  say "master-reboot: ${MASTER} restarted (podman restart)"
+  if rec=$(wait_health 600); then rec=$((SECONDS - t0)); else rec=timeout; fi
+  local enabled
+  enabled=$(node_sh "${MASTER}" "systemctl is-enabled tpserve" 2>/dev/null || true)
+  if [[ ${rec} != timeout ]]; then
+    row master-reboot PASS "${rec}" "container restart -> /health ok after ${rec}s, no Ansible (unit ${enabled})"
+  else
+    row master-reboot FAIL 600 "not serving 600 s after the restart (unit ${enabled})"
+  fi
+}
+
+scenario_worker_down() {
+  ensure_serving
+  local t0 rc s_serve s_smoke s_restore named_serve=no named_smoke=no
+  podman stop -t 5 "$(container_of "${VICTIM}")" >/dev/null
+  say "worker-down: ${VICTIM} stopped"
+  t0=${SECONDS}
+  rc=0
+  timeout 900 ansible-playbook -i "${INVENTORY}" serve.yml >"${LOGS}/serve-node-down.log" 2>&1 || rc=$?
+  s_serve=$((SECONDS - t0))
+  grep -q "${VICTIM}" <(grep -E "UNREACHABLE|fatal|FAILED|unreachable=1" "${LOGS}/serve-node-down.log") && named_serve=yes
+  local serve_rc=${rc}
+  t0=${SECONDS}
+  rc=0
+  timeout 900 ansible-playbook -i "${INVENTORY}" smoketest.yml >"${LOGS}/smoke-node-down.log" 2>&1 || rc=$?
+  s_smoke=$((SECONDS - t0))
+  grep -q "${VICTIM}" <(grep -E "UNREACHABLE|fatal|FAILED|failed|unreachable" "${LOGS}/smoke-node-down.log") && named_smoke=yes
+  local smoke_rc=${rc}
+  podman start "$(container_of "${VICTIM}")" >/dev/null
+  wait_ssh "${VICTIM}" 180 || true
+  t0=${SECONDS}
+  rc=0
+  playbook "${LOGS}/serve-node-back.log" serve.yml || rc=$?
+  s_restore=$((SECONDS - t0))
+  local health=down
+  health_ok && health=ok
+  local detail="serve.yml rc ${serve_rc} in ${s_serve}s (names ${VICTIM}: ${named_serve}); smoketest.yml rc ${smoke_rc} in ${s_smoke}s (names it: ${named_smoke}); after podman start serve.yml rc ${rc} in ${s_restore}s, health ${health}"
+  if ((serve_rc != 0 && smoke_rc != 0 && rc == 0)) && ((s_serve <= FAIL_FAST_LIMIT && s_smoke <= FAIL_FAST_LIMIT)) &&
+    [[ ${named_serve} == yes && ${named_smoke} == yes && ${health} == ok ]]; then
+    row worker-down PASS "${s_restore}" "${detail}"
+  else
+    row worker-down FAIL "${s_restore}" "${detail}"
+  fi
+}
+
+scenario_replicas() {
+  local rc=0 t0 marked failed_after ok_before
+  t0=${SECONDS}
+  playbook "${LOGS}/serve-replicas.log" serve.yml -e tpserve_layout=replicas -e tpserve_tp_size=1 || rc=$?
+  if ((rc != 0)) || ! wait_health 300 >/dev/null; then
+    row replicas FAIL $((SECONDS - t0)) "serve.yml replicas layout rc ${rc} (${LOGS}/serve-replicas.log)"
+    playbook "${LOGS}/serve-restore.log" serve.yml || true
+    return
+  fi
+  say "replicas: 4 replicas behind the router after $((SECONDS - t0))s; stopping ${VICTIM}"
+  podman stop -t 5 "$(container_of "${VICTIM}")" >/dev/null
+  t0=${SECONDS}
+  marked=timeout
+  while ((SECONDS - t0 < 120)); do
+    if curl -sS -m 5 "${API_URL}/health" | "${PY}" -c 'import json,sys; h=json.load(sys.stdin); sys.exit(0 if h["healthy_replicas"] < h["total_replicas"] else 1)' 2>/dev/null; then
+      marked=$((SECONDS - t0))
+      break
+    fi
+    sleep 0.5
+  done
+  rc=0
+  "${PY}" tests/load/loadtest.py --url "${API_URL}" --model "${MODEL}" --requests "${REPLICA_REQUESTS}" \
+    --concurrency 8 --max-tokens 16 --timeout 120 --json "${LOGS}/replicas-load.json" >"${LOGS}/replicas-load.log" 2>&1 || rc=$?
+  failed_after=$("${PY}" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["failed"], d["by_status"])' "${LOGS}/replicas-load.json" 2>/dev/null || echo "? ?")
+  podman start "$(container_of "${VICTIM}")" >/dev/null
+  wait_ssh "${VICTIM}" 180 || true
+  ok_before=0
+  playbook "${LOGS}/serve-restore.log" serve.yml || ok_before=$?
+  local health=down
+  wait_health 300 >/dev/null && health=ok
+  local detail="router marked ${VICTIM} down after ${marked}s; then ${REPLICA_REQUESTS} requests: failed ${failed_after}; layout restored (serve.yml rc ${ok_before}, health ${health})"
+  if [[ ${marked} != timeout ]] && ((rc == 0 && ok_before == 0)) && [[ ${health} == ok ]]; then
+    row replicas PASS "${marked}" "${detail}"
+  else
+    row replicas FAIL "${marked}" "${detail}"
+  fi
+}
+
+scenario_security() {
+  local t0=${SECONDS} rc=0
+  tests/security/check.sh all >"${LOGS}/security.log" 2>&1 || rc=$?
+  local n_pass n_fail
+  n_pass=$(grep -c '^  PASS' "${LOGS}/security.log" || true)
+  n_fail=$(grep -c '^  FAIL' "${LOGS}/security.log" || true)
+  if ((rc == 0)); then
+    row security PASS $((SECONDS - t0)) "${n_pass} checks passed (${LOGS}/security.log)"
+  else
+    row security FAIL $((SECONDS - t0)) "${n_fail} failed: $(grep '^  FAIL' "${LOGS}/security.log" | head -n 3 | tr '\n' ' ')"
+  fi
+}
+
+scenarios=("$@")
+((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down replicas security)
+say "lab ${INVENTORY}: master ${MASTER}, victim worker ${VICTIM}, API ${API_URL}"
+for s in "${scenarios[@]}"; do
+  case ${s} in
+    kill-rank | corrupt-model | master-reboot | worker-down | replicas | security) ;;
+    *) die "unknown scenario ${s}" ;;
+  esac
+  say "scenario ${s}"
+  "scenario_${s//-/_}"
+done
+
+{
+  echo "| scenario       | ok   | seconds | detail |"
+  echo "|----------------|------|---------|--------|"
+  printf '%s\n' "${rows[@]}"
+} | tee "${LOGS}/summary.txt"
+((failed == 0)) || die "${failed} scenario(s) failed"
+say "all scenarios passed"
