@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := python3 python3-venv podman runc debootstrap zstd openssh-client pdsh rsync shellcheck
 VENV_INPUTS := requirements/controller.txt app/requirements.lock $(wildcard app/pyproject.toml)
 
-.PHONY: help venv deps lab-up lab-down lab-status lint unit molecule integration test demo clean
+.PHONY: help venv deps lab-up lab-down lab-status lint unit molecule integration test demo chaos load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,12 @@ demo: venv lab-up ## lab-up, site.yml, serve.yml, smoketest.yml on the lab; prin
 	@report=reports/smoke-$(notdir $(LAB_INV)).json; \
 	if [ -f "$$report" ]; then echo "== $$report"; $(VENV)/bin/python -m json.tool "$$report"; \
 	else echo "smoke report: not there yet ($$report)"; fi
+
+chaos: venv ## faults on the served lab (kill -9 rank, corrupt model, reboots, node down, replicas) + security
+	tests/chaos/run.sh
+
+load: venv ## 2 x 500 requests at 32 clients on the served lab: statuses, p50/p99, rank 0 RSS
+	tests/load/run.sh
 
 clean: ## take the lab down, drop the venv, caches and reports (keeps the image cache)
 	-tests/lab/lab.sh down
