@@ -70,7 +70,11 @@ step() {
   fi
 }
 
-stage_lint() { step lint tests/lint.sh; }
+stage_lint() {
+  step lint tests/lint.sh
+  # No lab needed, < 1 s: nothing enables SSH password auth or disables host key checking.
+  step "security static" tests/security/check.sh static
+}
 
 stage_unit() {
   local tree any=0
