@@ -252,7 +252,7 @@ write_known_hosts() {
 }
 
 wait_for_nodes() {
-  local start now i name ip state pending=() failed=() key_sum
+  local start now i name ip state cstate pending=() failed=() key_sum
   start=${SECONDS}
   key_sum=$(sha256sum <"${KEY}.pub" | cut -d' ' -f1)
   # 1) systemd finished booting, sshd generated its host keys, our key is mounted.
@@ -266,8 +266,11 @@ wait_for_nodes() {
         [[ -n $(probe_keys "${name}") ]]; then
         continue
       fi
-      [[ $(podman container inspect --format '{{.State.Status}}' "${name}") == running ]] ||
-        fail_up "node ${name} stopped while booting: $(podman logs --tail 5 "${name}" 2>&1 | tr '\n' ' ')"
+      cstate=$(podman container inspect --format '{{.State.Status}} exit={{.State.ExitCode}} {{.State.Error}}' \
+        "${name}" 2>&1) || cstate="inspect failed: ${cstate}"
+      if [[ ${cstate} =~ ^(exited|stopped|dead|removing) || ${cstate} == *"no such container"* ]]; then
+        fail_up "node ${name} stopped while booting (${cstate}): $(podman logs --tail 5 "${name}" 2>&1 | tr '\n' ' ')"
+      fi
       failed+=("${name}(${state:-no systemd yet})")
     done
     ((${#failed[@]} == 0)) && break
