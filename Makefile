@@ -35,7 +35,8 @@ $(STAMP): $(VENV_INPUTS)
 	@touch $@
 
 deps: ## apt packages the controller needs (root)
-	apt-get install -y -q $(APT_PACKAGES)
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES)
 
 lab-up: ## start the local lab (LAB_NODES=2..8, default 4) and write inventory/lab
 	tests/lab/lab.sh up
