@@ -39,11 +39,20 @@ finish() {
   local rc=$?
   trap - EXIT INT TERM
   if ((teardown_labs)); then
-    say "teardown: default lab and molecule lab"
+    say "teardown: default lab and molecule labs"
     tests/lab/lab.sh down || echo "run_ci: WARNING: could not take the default lab down" >&2
-    LAB_PREFIX=${TPSERVE_MOL_PREFIX:-mol-} LAB_SUBNET=${TPSERVE_MOL_SUBNET:-10.89.8.0/24} \
-      LAB_NETWORK=${TPSERVE_MOL_NETWORK:-tpserve-mol} LAB_INVENTORY=$(mktemp -d /tmp/tpserve-ci-mol.XXXXXX) \
-      tests/lab/lab.sh down || echo "run_ci: WARNING: could not take the molecule lab down" >&2
+    # Molecule labs: the default one and any a scenario names (ansible.env TPSERVE_MOL_NETWORK);
+    # lab.sh down finds a lab's containers by its network label.
+    local net scratch
+    scratch=$(mktemp -d /tmp/tpserve-ci-mol.XXXXXX)
+    for net in $({
+      echo "${TPSERVE_MOL_NETWORK:-tpserve-mol}"
+      sed -n 's/^ *TPSERVE_MOL_NETWORK: *["'"'"']\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p' molecule/*/molecule.yml 2>/dev/null
+    } | sort -u); do
+      LAB_NETWORK=${net} LAB_INVENTORY=${scratch} tests/lab/lab.sh down ||
+        echo "run_ci: WARNING: could not take the molecule lab ${net} down" >&2
+    done
+    rm -rf "${scratch}"
   fi
   clean_shm
   rm -f "${shm_marker}"
