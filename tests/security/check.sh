@@ -87,8 +87,7 @@ live_checks() {
       out=$(node_sh "${n}" "systemctl show ${u} -p User -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp" | sort | tr '\n' ' ')
       [[ ${out} == "NoNewPrivileges=yes PrivateTmp=yes ProtectHome=yes ProtectSystem=strict User=tpserve " ]] &&
         pass "${n}: ${u}: ${out}" || fail "${n}: ${u}: ${out}"
-      out=$(node_sh "${n}" "systemctl show ${u} -p MainPID --value | xargs -r ps -o user= -p; \
-        for p in \$(cat /sys/fs/cgroup/systemd/system.slice/${u}/cgroup.procs 2>/dev/null); do ps -o user= -p \$p; done | sort -u" | sort -u | tr '\n' ' ')
+      out=$(node_sh "${n}" "ps -eo unit=,user= | awk '\$1 == \"${u}\" {print \$2}'" | sort -u | tr '\n' ' ')
       [[ ${out} == "tpserve " ]] && pass "${n}: ${u}: every process runs as: ${out}" ||
         fail "${n}: ${u}: processes run as: ${out}"
     done
@@ -97,7 +96,7 @@ live_checks() {
   out=$(node_sh "${MASTER}" "ss -Hltn 'sport = :${API_PORT}' | awk '{print \$4}'" | tr '\n' ' ')
   [[ ${out} == "${MASTER_ADDR}:${API_PORT} " ]] && pass "${MASTER}: API listens on ${out}(cluster address only)" ||
     fail "${MASTER}: API listens on '${out}' (want ${MASTER_ADDR}:${API_PORT} only)"
-  out=$(node_sh "${MASTER}" "ss -Hltnp | grep -F tpserve -e python | awk '{print \$4}' | sort -u" 2>/dev/null | tr '\n' ' ' || true)
+  out=$(node_sh "${MASTER}" "ss -Hltnp | grep -e tpserve -e python | awk '{print \$4}' | sort -u" 2>/dev/null | tr '\n' ' ' || true)
   printf '  INFO  %s: all listening TCP sockets of the service: %s\n' "${MASTER}" "${out}"
 
   secrets_checks
