@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Host-side cost per token per stream of tpserve's serving path, WITHOUT a model (CPU only).
+
+What runs is the real rank-0 code: FastAPI app (`tpserve.api.build_app`) → `Service` → the
+`Scheduler` thread (continuous batching, `sample_batch`, `TextStream`, metrics, event delivery to
+the event loop) → SSE formatting, with a trivial engine whose `forward` returns one-hot logits that
+replay real token sequences (the synthetic byte-level BPE tokenizer on English + Chinese text, so
+multi-byte characters are split across tokens). The control channel is the world-size-1 loopback,
+so the broadcast is not measured here. Requests go through `httpx.ASGITransport` (no sockets).
+
+Per setting (1 / 16 / 64 concurrent streams x 256 tokens; median of --reps runs):
+  wall µs/tok  = wall time / (streams x tokens)            (host work per token of every stream)
+  sched µs/tok = scheduler-thread CPU time / (streams x tokens)
+  step ms      = wall time / engine steps        (what each step costs on top of the model)
+Also: TextStream.add alone, µs per token at output lengths 256 and 1024.
+
+    .venv/bin/python bench/serving_overhead.py --label after --save   # appends to results JSON
+    .venv/bin/python bench/serving_overhead.py --show                  # table of saved labels
+
+Every streamed text is checked against the tokenizer's full decode of the replayed tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "app" / "src"))
+
+import torch  # noqa: E402
+from tpserve.api import build_app  # noqa: E402
+from tpserve.config import ServeConfig  # noqa: E402
+from tpserve.dist import Channel  # noqa: E402
+from tpserve.engines.base import DistInfo, Engine  # noqa: E402
+from tpserve.ranks import Watchdog  # noqa: E402
+from tpserve.scheduler import Scheduler  # noqa: E402
+from tpserve.service import Service  # noqa: E402
+from tpserve.synthetic import build_tokenizer  # noqa: E402
+from tpserve.textstream import TextStream  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "serving_overhead.json"
+VOCAB = 2048
+TEXT = (
+    "Tensor parallelism splits every weight matrix across the ranks; 你好,请介绍一下你自己。"
+    " The scheduler streams tokens back to each client as server-sent events. 数据并行和张量并行。 "
+)
+
+
+class ReplayEngine(Engine):
+    """forward() returns one-hot logits: sequence uid replays its own token list, one per step."""
+
+    name = "replay"
+
+    def __init__(self, scripts: dict[int, list[int]], max_batch: int) -> None:
+        self.scripts = scripts  # prompt length → tokens to replay (keyed by the prompt's first id)
+        self._pos: dict[int, tuple[list[int], int]] = {}
+        self._max_batch = max_batch
+
+    def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        logits = torch.zeros(len(uids), VOCAB)
+        for row, (uid, chunk) in enumerate(zip(uids, chunks, strict=True)):
+            if uid not in self._pos:
+                self._pos[uid] = (self.scripts[chunk[0]], 0)
+            script, at = self._pos[uid]
+            logits[row, script[at % len(script)]] = 1.0
+            self._pos[uid] = (script, at + 1)
+        return logits
+
+    def release(self, uid: int) -> None:
+        self._pos.pop(uid, None)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch
+
+    @property
+    def max_seq_len(self) -> int:
+        return 1 << 16
+
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB
+
+    def weight_report(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "max_seq_len": self.max_seq_len}
+
+
+def token_scripts(tok: Any, n: int, length: int) -> list[list[int]]:
+    """n token sequences of `length` real tokens, each starting at a different place of TEXT."""
+    ids = tok.encode(TEXT * (1 + (n + length) // 20), add_special_tokens=False)
+    return [ids[i * 7 : i * 7 + length] for i in range(n)]
+
+
+def run_setting(tok: Any, streams: int, tokens: int) -> dict[str, float]:
+    scripts = token_scripts(tok, streams, tokens)
+    # each stream's prompt is [marker] so the engine knows which script to replay
+    markers = list(range(10, 10 + streams))
+    engine = ReplayEngine(dict(zip(markers, scripts, strict=True)), max_batch=max(64, streams))
+    with tempfile.TemporaryDirectory() as model_dir:
+        cfg = ServeConfig(
+            model_dir=model_dir,
+            served_model_name="bench",
+            max_batch_size=engine.max_batch_size,
+            max_new_tokens=tokens,
+            max_queue=10_000,
+            request_timeout_s=600.0,
+        )
+        service = Service(cfg, world_size=1)
+        service.tokenizer = tok
+        service.eos_ids = {int(tok.eos_token_id)}
+        sched = Scheduler(
+            engine,
+            Channel(DistInfo()),
+            service.decode,
+            service.eos_ids,
+            service.metrics,
+            max_batch_size=engine.max_batch_size,
+            heartbeat_interval_s=5.0,
+            watchdog=Watchdog(0),
+        )
+        cpu: dict[str, float] = {}
+
+        def sched_main() -> None:
+            sched.run()
+            cpu["sched"] = time.thread_time()
+
+        thread = threading.Thread(target=sched_main, name="bench-scheduler", daemon=True)
+        thread.start()
+        service.ready(sched, "replay", "benchmark", {"max_seq_len": engine.max_seq_len}, [])
+        app = build_app(service)
+
+        async def one(client: Any, marker: int) -> str:
+            body = {"model": "bench", "prompt": [marker], "max_tokens": tokens, "stream": True}
+            body["temperature"] = 0
+            resp = await client.post("/v1/completions", json=body)
+            assert resp.status_code == 200, resp.text
+            text = []
+            for line in resp.text.split("\n\n"):
+                if line.startswith("data: {"):
+                    text.append(json.loads(line[6:])["choices"][0]["text"])
+            return "".join(text)
+
+        async def main() -> tuple[list[str], float, float]:
+            import httpx
+
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+                t0, c0 = time.perf_counter(), time.thread_time()
+                texts = await asyncio.gather(*(one(client, m) for m in markers))
+                return texts, time.perf_counter() - t0, time.thread_time() - c0
+
+        steps0 = sched.steps
+        texts, wall, loop_cpu = asyncio.run(main())
+        steps = sched.steps - steps0
+        service.begin_drain()
+        thread.join(30)
+    for text, script in zip(texts, scripts, strict=True):
+        expected = tok.decode(script, skip_special_tokens=True)
+        assert text == expected, f"streamed text != full decode:\n{text!r}\n{expected!r}"
+    n = streams * tokens
+    return {
+        "wall_us_per_token": 1e6 * wall / n,
+        "sched_cpu_us_per_token": 1e6 * cpu["sched"] / n,
+        "loop_cpu_us_per_token": 1e6 * loop_cpu / n,
+        "step_ms": 1e3 * wall / max(steps, 1),
+        "steps": steps,
+    }
+
+
+def textstream_cost(tok: Any, length: int, reps: int) -> float:
+    """µs per TextStream.add over one stream of `length` tokens (median of reps)."""
+    ids = token_scripts(tok, 1, length)[0]
+    while len(ids) < length:
+        ids += ids
+    ids = ids[:length]
+
+    def decode(x: list[int]) -> str:
+        return tok.decode(x, skip_special_tokens=True)
+
+    times = []
+    for _ in range(reps):
+        stream = TextStream(decode, stop=["</answer>"])
+        t0 = time.perf_counter()
+        out = [stream.add(t) for t in ids]
+        out.append(stream.flush())
+        times.append(time.perf_counter() - t0)
+        assert "".join(out) == decode(ids)
+    return 1e6 * statistics.median(times) / length
+
+
+def measure(reps: int, tokens: int, stream_counts: list[int]) -> dict[str, Any]:
+    tok = build_tokenizer(VOCAB)
+    out: dict[str, Any] = {"serving": {}, "textstream_us_per_add": {}}
+    for length in (256, 1024):
+        out["textstream_us_per_add"][str(length)] = round(textstream_cost(tok, length, reps), 2)
+    for n in stream_counts:
+        runs = [run_setting(tok, n, tokens) for _ in range(reps)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        out["serving"][str(n)] = {k: round(v, 3) for k, v in med.items()}
+        print(f"  {n:3d} streams: {out['serving'][str(n)]}", file=sys.stderr)
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| label | streams | wall µs/tok | sched CPU µs/tok | loop CPU µs/tok | step ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, res in results.items():
+        for n, r in res["serving"].items():
+            rows.append(
+                f"| {label} | {n} | {r['wall_us_per_token']:.1f} | "
+                f"{r['sched_cpu_us_per_token']:.1f} | "
+                f"{r['loop_cpu_us_per_token']:.1f} | {r['step_ms']:.2f} |"
+            )
+    rows += ["", "| label | TextStream.add µs/tok @256 | @1024 |", "|---|---|---|"]
+    for label, res in results.items():
+        ts = res["textstream_us_per_add"]
+        rows.append(f"| {label} | {ts['256']:.1f} | {ts['1024']:.1f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--label", default="current", help="name of this run (before / after)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--streams", default="1,16,64", help="comma-separated concurrent stream counts")
+    where = RESULTS.relative_to(ROOT)
+    ap.add_argument("--save", action="store_true", help=f"store under --label in {where}")
+    ap.add_argument("--show", action="store_true", help="only print the saved table")
+    args = ap.parse_args(argv)
+    saved: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if args.show:
+        print(table(saved.get("results", {})))
+        return 0
+    t0 = time.time()
+    res = measure(args.reps, args.tokens, [int(s) for s in args.streams.split(",")])
+    res["meta"] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "reps": args.reps,
+        "tokens": args.tokens,
+    }
+    if args.save:
+        saved.setdefault("results", {})[args.label] = res
+        RESULTS.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
+    print(table({**saved.get("results", {}), args.label: res}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
