@@ -45,7 +45,9 @@ def test_schemathesis_no_server_errors(server: LaunchedServer, tmp_path: Path) -
     ]  # fmt: skip
     # One worker: with 2 worker threads hypothesis once died with CPython's "SystemError: AST
     # constructor recursion depth mismatch" (a tool crash, not a server error).
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ST_MAX_TIME + 120, check=False)
+    proc = subprocess.run(  # cwd: st keeps a .schemathesis/ cache dir in its working directory
+        cmd, capture_output=True, text=True, timeout=ST_MAX_TIME + 120, check=False, cwd=tmp_path
+    )
     out = proc.stdout + proc.stderr
     print(out[-4000:])
     assert proc.returncode == 0, f"schemathesis exit {proc.returncode}:\n{out[-6000:]}"
