@@ -10,12 +10,15 @@ so the broadcast is not measured here. Requests go through `httpx.ASGITransport`
 
 Per setting (1 / 16 / 64 concurrent streams x 256 tokens; median of --reps runs):
   wall µs/tok  = wall time / (streams x tokens)            (host work per token of every stream)
-  sched µs/tok = scheduler-thread CPU time / (streams x tokens)
+  sched µs/tok = scheduler-thread CPU time, less the replay engine's forward, / (streams x tokens)
+  loop µs/tok  = event-loop thread CPU time (HTTP app + SSE; also the in-process httpx client)
   step ms      = wall time / engine steps        (what each step costs on top of the model)
 Also: TextStream.add alone, µs per token at output lengths 256 and 1024.
 
     .venv/bin/python bench/serving_overhead.py --label after --save   # appends to results JSON
     .venv/bin/python bench/serving_overhead.py --show                  # table of saved labels
+    git archive 91df1ac app/src | tar -x -C /tmp/before          # the code before the changes:
+    TPSERVE_SRC=/tmp/before/app/src .venv/bin/python bench/serving_overhead.py --label before --save
 
 Every streamed text is checked against the tokenizer's full decode of the replayed tokens.
 """
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
+import os
 import platform
 import statistics
 import sys
@@ -36,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "app" / "src"))
+# TPSERVE_SRC: another revision's app/src (from `git archive <rev> app/src`) to measure that one
+sys.path.insert(0, os.environ.get("TPSERVE_SRC") or str(ROOT / "app" / "src"))
 
 import torch  # noqa: E402
 from tpserve.api import build_app  # noqa: E402
@@ -66,8 +72,10 @@ class ReplayEngine(Engine):
         self.scripts = scripts  # prompt length → tokens to replay (keyed by the prompt's first id)
         self._pos: dict[int, tuple[list[int], int]] = {}
         self._max_batch = max_batch
+        self.cpu_s = 0.0  # thread CPU time spent in forward (not serving overhead: subtracted)
 
     def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        c0 = time.thread_time()
         logits = torch.zeros(len(uids), VOCAB)
         for row, (uid, chunk) in enumerate(zip(uids, chunks, strict=True)):
             if uid not in self._pos:
@@ -75,6 +83,7 @@ class ReplayEngine(Engine):
             script, at = self._pos[uid]
             logits[row, script[at % len(script)]] = 1.0
             self._pos[uid] = (script, at + 1)
+        self.cpu_s += time.thread_time() - c0
         return logits
 
     def release(self, uid: int) -> None:
@@ -174,7 +183,7 @@ def run_setting(tok: Any, streams: int, tokens: int) -> dict[str, float]:
     n = streams * tokens
     return {
         "wall_us_per_token": 1e6 * wall / n,
-        "sched_cpu_us_per_token": 1e6 * cpu["sched"] / n,
+        "sched_cpu_us_per_token": 1e6 * (cpu["sched"] - engine.cpu_s) / n,
         "loop_cpu_us_per_token": 1e6 * loop_cpu / n,
         "step_ms": 1e3 * wall / max(steps, 1),
         "steps": steps,
@@ -191,9 +200,11 @@ def textstream_cost(tok: Any, length: int, reps: int) -> float:
     def decode(x: list[int]) -> str:
         return tok.decode(x, skip_special_tokens=True)
 
+    cache: dict[int, str] = {}  # as the scheduler does (one cache per server), where supported
+    extra = (cache,) if "single_cache" in inspect.signature(TextStream).parameters else ()
     times = []
     for _ in range(reps):
-        stream = TextStream(decode, stop=["</answer>"])
+        stream = TextStream(decode, ["</answer>"], *extra)
         t0 = time.perf_counter()
         out = [stream.add(t) for t in ids]
         out.append(stream.flush())
@@ -203,6 +214,7 @@ def textstream_cost(tok: Any, length: int, reps: int) -> float:
 
 
 def measure(reps: int, tokens: int, stream_counts: list[int]) -> dict[str, Any]:
+    torch.set_num_threads(1)  # idle OpenMP workers spinning on a busy host would swamp the numbers
     tok = build_tokenizer(VOCAB)
     out: dict[str, Any] = {"serving": {}, "textstream_us_per_add": {}}
     for length in (256, 1024):

@@ -31,7 +31,10 @@ def tok(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def _run(cls: type, decode: Any, ids: list[int], stop: list[str]) -> tuple[list[str], bool, str]:
+SHARED_CACHE: dict[int, str] = {}  # the scheduler shares one decode([id]) cache across streams
+
+
+def _run(cls: Any, decode: Any, ids: list[int], stop: list[str]) -> tuple[list[str], bool, str]:
     stream = cls(decode, stop)
     pieces = [stream.add(t) for t in ids]
     pieces.append(stream.flush())
@@ -72,7 +75,7 @@ def _check(tok: Any, ids: list[int], stop: list[str]) -> None:
     def decode(x: list[int]) -> str:
         return tok.decode(x, skip_special_tokens=True)
 
-    new = _run(TextStream, decode, ids, stop)
+    new = _run(lambda d, s: TextStream(d, s, SHARED_CACHE), decode, ids, stop)
     ref = _run(ReferenceTextStream, decode, ids, stop)
     assert new == ref, f"ids={ids} stop={stop}"
     pieces, stopped, text = new

@@ -82,10 +82,27 @@ class Request:
         self.cancelled.set()
 
     def push(self, event: Event) -> None:
+        """Deliver one event now (one event-loop wake-up); the scheduler batches via deliver()."""
+        deliver([(self, event)])
+
+
+def _put_all(batch: list[tuple[Request, Event]]) -> None:
+    """Runs on the event loop: hand every event of one step to its request's queue."""
+    for req, event in batch:
+        req.events.put_nowait(event)
+
+
+def deliver(batch: list[tuple[Request, Event]]) -> None:
+    """One `call_soon_threadsafe` per event loop for a whole batch of events (in order)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Event]]] = {}
+    for item in batch:
+        by_loop.setdefault(item[0]._loop, []).append(item)
+    for loop, items in by_loop.items():
         try:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+            loop.call_soon_threadsafe(_put_all, items)
         except RuntimeError:  # the HTTP event loop is already closed (process ending)
-            self.cancel()
+            for req, _ in items:
+                req.cancel()
 
 
 class Scheduler:
@@ -112,6 +129,8 @@ class Scheduler:
         self.active: list[Request] = []
         self._release: list[int] = []
         self._held: Request | None = None  # head of the line, waiting until the engine has room
+        self._outbox: list[tuple[Request, Event]] = []  # events of this step, delivered together
+        self._single_decode: dict[int, str] = {}  # decode([id]) cache shared by all TextStreams
         self._shutdown = threading.Event()
         self.stopped = threading.Event()
         self.steps = 0
@@ -137,6 +156,7 @@ class Scheduler:
         while True:
             self._reap()
             self._admit()
+            self._deliver()
             if not self.active:
                 if self._shutdown.is_set() and self.pending.empty() and self._held is None:
                     self._broadcast({"op": "shutdown"})
@@ -192,7 +212,7 @@ class Scheduler:
             self._finish(req, "cancelled" if req.cancelled.is_set() else "timeout", release=False)
             return
         req.generator = make_generator(req.params)
-        req.stream = TextStream(self.decode, req.params.stop)
+        req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
         self.active.append(req)
 
     def _reap(self) -> None:
@@ -220,6 +240,13 @@ class Scheduler:
         for req, token in zip(batch, tokens, strict=True):
             req.prefilled = True
             self._on_token(req, token, now)
+        self.metrics.output_tokens.inc(len(batch))
+        self._deliver()  # one event-loop wake-up for every stream's new text of this step
+
+    def _deliver(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            deliver(batch)
 
     def _on_token(self, req: Request, token: int, now: float) -> None:
         if req.first_token_at is None:
@@ -229,14 +256,13 @@ class Scheduler:
             self.metrics.itl.observe(now - (req.last_token_at or now))
         req.last_token_at = now
         req.output_ids.append(token)
-        self.metrics.output_tokens.inc()
         assert req.stream is not None
         if token in self.eos_ids and not req.params.ignore_eos:
             self._finish(req, "stop")
             return
         delta = req.stream.add(token)
         if delta:
-            req.push(Event(text=delta, token_id=token))
+            self._outbox.append((req, Event(text=delta, token_id=token)))
         if req.stream.stopped:
             self._finish(req, "stop")
         elif (
@@ -252,12 +278,11 @@ class Scheduler:
             self._release.append(req.uid)
         req.finish_reason = reason
         tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
-        req.push(
-            Event(
-                text=tail,
-                finish_reason=reason,
-                prompt_tokens=len(req.prompt_ids),
-                completion_tokens=len(req.output_ids),
-                error=error,
-            )
+        final = Event(
+            text=tail,
+            finish_reason=reason,
+            prompt_tokens=len(req.prompt_ids),
+            completion_tokens=len(req.output_ids),
+            error=error,
         )
+        self._outbox.append((req, final))

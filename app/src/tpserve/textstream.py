@@ -23,8 +23,15 @@ REPLACEMENT = "\ufffd"
 
 
 class TextStream:
-    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        stop: Sequence[str] = (),
+        single_cache: dict[int, str] | None = None,
+    ) -> None:
+        """`single_cache`: decode([id]) by id, shared by the streams of one decode function."""
         self._decode = decode
+        self._single = {} if single_cache is None else single_cache
         self._stop = [s for s in stop if s]
         self._keep = max((len(s) for s in self._stop), default=1) - 1  # context a stop may reach back
         self._ids: list[int] = []
@@ -58,7 +65,7 @@ class TextStream:
             # complete characters: stable from now on; move the window forward
             self._buf += pending
             self._prefix, self._read = self._read, len(self._ids)
-            self._prefix_text = self._decode(self._ids[self._prefix :])  # decoded alone, as next time
+            self._prefix_text = self._decode_window(self._ids[self._prefix :])
             pending = ""
         decoded = self._buf + pending  # == full decode of ids from character _base on
         base = self._base
@@ -77,6 +84,15 @@ class TextStream:
                     hold = k
                     break
         return self._emit(decoded, safe_end - hold)
+
+    def _decode_window(self, ids: list[int]) -> str:
+        """decode(ids) on its own, as the next window will decode it; one-token windows cached."""
+        if len(ids) != 1:
+            return self._decode(ids)
+        text = self._single.get(ids[0])
+        if text is None:
+            text = self._single[ids[0]] = self._decode(ids)
+        return text
 
     def flush(self) -> str:
         """At the end of generation: whatever is left (the held-back tail) becomes final."""
