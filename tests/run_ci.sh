@@ -5,8 +5,8 @@
 #   tests/run_ci.sh unit molecule    # some stages, in the order given
 #
 # Each step (lint; each pytest tree; each molecule scenario; integration) counts once. Whatever
-# happens, the labs this run may have started (default lab, molecule lab) are torn down when the
-# run includes molecule or integration, /dev/shm files the run leaked are removed, and the last
+# happens (even a failed lint), the labs (default lab, molecule labs) are torn down when the run
+# includes the molecule or integration stage, /dev/shm files the run leaked are removed, and the last
 # line is `N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -120,7 +120,8 @@ stages=("$@")
 ((${#stages[@]})) || stages=(lint unit molecule integration)
 for s in "${stages[@]}"; do
   case ${s} in
-    lint | unit | molecule | integration) ;;
+    molecule | integration) teardown_labs=1 ;;
+    lint | unit) ;;
     *)
       echo "run_ci: unknown stage '${s}' (lint, unit, molecule, integration)" >&2
       exit 2
