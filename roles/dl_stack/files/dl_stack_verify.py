@@ -55,7 +55,7 @@ def probe_imports(modules: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         try:
             imported = importlib.import_module(module)
             versions[module] = str(getattr(imported, "__version__", "unknown"))
-        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
+        except Exception as exc:
             errors[module] = f"{type(exc).__name__}: {exc}"
     return versions, errors
 
@@ -69,13 +69,13 @@ def torch_facts() -> dict[str, object]:
         facts["cuda_available"] = bool(torch.cuda.is_available())
         facts["cuda_device_count"] = int(torch.cuda.device_count())
         facts["torch_cuda"] = torch.version.cuda
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         facts["torch_error"] = f"{type(exc).__name__}: {exc}"
     try:
         from deepspeed.accelerator import get_accelerator
 
         facts["deepspeed_accelerator"] = get_accelerator().device_name()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         facts["deepspeed_accelerator_error"] = f"{type(exc).__name__}: {exc}"
     return facts
 

@@ -57,18 +57,12 @@ def tree_digest(root: Path) -> str:
             if name.endswith((".pyc", ".pyo")):
                 continue
             path = Path(dirpath) / name
-            digest.update(
-                str(path.relative_to(root)).encode()
-                + b"\0"
-                + sha256_file(path).encode()
-            )
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + sha256_file(path).encode())
     return digest.hexdigest()
 
 
 def requirement_name(line: str) -> str:
-    return (
-        re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
-    )
+    return re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
 
 
 def lock_lines(lock: Path) -> list[str]:
@@ -116,8 +110,7 @@ def current_state(out: Path) -> dict:
 def intact(out: Path, state: dict) -> bool:
     files = state.get("files", {})
     return bool(files) and all(
-        (out / name).is_file() and sha256_file(out / name) == sha
-        for name, sha in files.items()
+        (out / name).is_file() and sha256_file(out / name) == sha for name, sha in files.items()
     )
 
 
@@ -129,10 +122,7 @@ def build(args: argparse.Namespace, key: str, lines: list[str], log: list[str]) 
     source_names = {name.lower() for name in args.source_build}
     binary = [line for line in lines if requirement_name(line) not in source_names]
     if args.torch_spec:
-        binary = [
-            args.torch_spec if requirement_name(line) == "torch" else line
-            for line in binary
-        ]
+        binary = [args.torch_spec if requirement_name(line) == "torch" else line for line in binary]
     sources = [line for line in lines if requirement_name(line) in source_names]
     binary_file = staging / "binary-requirements.txt"
     binary_file.write_text("\n".join(binary) + "\n")
@@ -212,9 +202,7 @@ def build(args: argparse.Namespace, key: str, lines: list[str], log: list[str]) 
         shutil.rmtree(app_dir / "build", ignore_errors=True)
     shutil.copyfile(args.lock, staging / LOCK_COPY)
     files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-    (staging / SUMS_FILE).write_text(
-        "".join(f"{sha}  {name}\n" for name, sha in files.items())
-    )
+    (staging / SUMS_FILE).write_text("".join(f"{sha}  {name}\n" for name, sha in files.items()))
     state = {
         "key": key,
         "app_wheel": app_wheel,
@@ -222,9 +210,7 @@ def build(args: argparse.Namespace, key: str, lines: list[str], log: list[str]) 
         "platforms": platforms(args),
         "files": files,
     }
-    (staging / STATE_FILE).write_text(
-        json.dumps(state, indent=1, sort_keys=True) + "\n"
-    )
+    (staging / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
     old = out.parent / (out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -240,9 +226,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--app-dir", required=True)
     parser.add_argument("--python-version", required=True)
-    parser.add_argument(
-        "--platform", action="append", default=[], help="extra pip platform tags"
-    )
+    parser.add_argument("--platform", action="append", default=[], help="extra pip platform tags")
     parser.add_argument(
         "--glibc",
         default="",
@@ -255,16 +239,12 @@ def main() -> int:
     parser.add_argument("--source-build", action="append", default=[])
     parser.add_argument("--torch-spec", default="")
     parser.add_argument("--pip-python", default=sys.executable)
-    parser.add_argument(
-        "--check", action="store_true", help="report only, build nothing"
-    )
+    parser.add_argument("--check", action="store_true", help="report only, build nothing")
     args = parser.parse_args()
 
     lock = Path(args.lock)
     lines = lock_lines(lock)
-    settings = {
-        k: v for k, v in vars(args).items() if k not in {"check", "out", "pip_python"}
-    }
+    settings = {k: v for k, v in vars(args).items() if k not in {"check", "out", "pip_python"}}
     settings["lock_sha256"] = sha256_file(lock)
     settings["app_digest"] = tree_digest(Path(args.app_dir))
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

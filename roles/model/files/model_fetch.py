@@ -29,9 +29,7 @@ def fetch_hf(repo_id: str, revision: str, target: str, allow: list[str]) -> str:
     )
 
 
-def fetch_modelscope(
-    model_id: str, revision: str, target: str, allow: list[str]
-) -> str:
+def fetch_modelscope(model_id: str, revision: str, target: str, allow: list[str]) -> str:
     from modelscope import snapshot_download
 
     return snapshot_download(

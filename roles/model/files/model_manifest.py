@@ -111,9 +111,7 @@ def main() -> int:
     parser.add_argument("dir", type=Path)
     parser.add_argument("--remove-bad", action="store_true")
     args = parser.parse_args()
-    result = (
-        write(args.dir) if args.action == "write" else check(args.dir, args.remove_bad)
-    )
+    result = write(args.dir) if args.action == "write" else check(args.dir, args.remove_bad)
     print(json.dumps(result, sort_keys=True))
     return 0
 
