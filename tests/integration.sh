@@ -11,6 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="${PWD}/.venv/bin:${PATH}"
 export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 INVENTORY=${LAB_INVENTORY:-inventory/lab}
+# Extra ansible-playbook arguments for every run, e.g. INTEGRATION_ARGS="-e foo=bar -v".
+read -r -a EXTRA <<<"${INTEGRATION_ARGS:-}"
 LOG_DIR=${INTEGRATION_LOG_DIR:-reports/integration}
 mkdir -p "${LOG_DIR}"
 
@@ -25,7 +27,7 @@ playbook() {
   local log=${LOG_DIR}/$1.log t0=${SECONDS} rc=0
   shift
   say "ansible-playbook -i ${INVENTORY} $* (log ${log})"
-  ansible-playbook -i "${INVENTORY}" "$@" 2>&1 | tee "${log}" || rc=$?
+  ansible-playbook -i "${INVENTORY}" ${EXTRA[@]+"${EXTRA[@]}"} "$@" 2>&1 | tee "${log}" || rc=$?
   say "$1: exit ${rc} after $((SECONDS - t0))s"
   return "${rc}"
 }
