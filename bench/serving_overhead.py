@@ -13,7 +13,9 @@ Per setting (1 / 16 / 64 concurrent streams x 256 tokens; median of --reps runs)
   sched µs/tok = scheduler-thread CPU time, less the replay engine's forward, / (streams x tokens)
   loop µs/tok  = event-loop thread CPU time (HTTP app + SSE; also the in-process httpx client)
   step ms      = wall time / engine steps        (what each step costs on top of the model)
-Also: TextStream.add alone, µs per token at output lengths 256 and 1024.
+Also: TextStream.add alone, µs per token at output lengths 256 and 1024; and the control channel:
+µs per `Channel.broadcast` of a decode-step message (batch 1 / 16 / 64) between 2 real gloo
+processes on loopback (what rank 0 pays per step before any rank can start its forward).
 
     .venv/bin/python bench/serving_overhead.py --label after --save   # appends to results JSON
     .venv/bin/python bench/serving_overhead.py --show                  # table of saved labels
@@ -213,12 +215,69 @@ def textstream_cost(tok: Any, length: int, reps: int) -> float:
     return 1e6 * statistics.median(times) / length
 
 
+def _channel_rank(rank: int, port: int, counts: list[int], iters: int, out: Any) -> None:
+    """One of 2 gloo processes: time Channel.broadcast of decode-step messages (bs = counts)."""
+    import datetime as dt
+
+    import torch.distributed as tdist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    group = tdist.new_group(backend="gloo", timeout=dt.timedelta(seconds=60))
+    channel = Channel(DistInfo(rank=rank, world_size=2, local_size=2), group)
+    result = {}
+    for n in counts:
+        msg = {
+            "op": "step",
+            "uids": list(range(1000, 1000 + n)),
+            "chunks": [[151000 + i] for i in range(n)],
+        }
+        msg["release"] = [7]
+        times = []
+        for _ in range(3):
+            for _ in range(iters // 10):  # warm-up
+                channel.broadcast(msg if rank == 0 else None)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            for _ in range(iters):
+                got = channel.broadcast(msg if rank == 0 else None)
+            times.append((time.perf_counter() - t0, time.thread_time() - c0))
+            assert got == msg
+        wall, cpu = sorted(times)[1]
+        result[str(n)] = {
+            "wall_us": round(1e6 * wall / iters, 1),
+            "cpu_us": round(1e6 * cpu / iters, 1),
+        }
+    out.put((rank, result))
+
+
+def channel_cost(counts: list[int], iters: int = 400) -> dict[str, Any]:
+    """µs per control-channel broadcast of a decode step between 2 real gloo ranks on loopback."""
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_channel_rank, args=(r, port, counts, iters, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    res = dict(out.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(30)
+    return {"rank0": res[0], "rank1": res[1]}
+
+
 def measure(reps: int, tokens: int, stream_counts: list[int]) -> dict[str, Any]:
     torch.set_num_threads(1)  # idle OpenMP workers spinning on a busy host would swamp the numbers
     tok = build_tokenizer(VOCAB)
     out: dict[str, Any] = {"serving": {}, "textstream_us_per_add": {}}
     for length in (256, 1024):
         out["textstream_us_per_add"][str(length)] = round(textstream_cost(tok, length, reps), 2)
+    out["channel"] = channel_cost(stream_counts)
+    print(f"  channel: {out['channel']}", file=sys.stderr)
     for n in stream_counts:
         runs = [run_setting(tok, n, tokens) for _ in range(reps)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -238,6 +297,17 @@ def table(results: dict[str, Any]) -> str:
                 f"| {label} | {n} | {r['wall_us_per_token']:.1f} | "
                 f"{r['sched_cpu_us_per_token']:.1f} | "
                 f"{r['loop_cpu_us_per_token']:.1f} | {r['step_ms']:.2f} |"
+            )
+    rows += [
+        "",
+        "| label | bs | channel broadcast µs (rank 0 wall / CPU) | rank 1 CPU µs |",
+        "|---|---|---|---|",
+    ]
+    for label, res in results.items():
+        for n, r0 in res.get("channel", {}).get("rank0", {}).items():
+            r1 = res["channel"]["rank1"][n]
+            rows.append(
+                f"| {label} | {n} | {r0['wall_us']:.1f} / {r0['cpu_us']:.1f} | {r1['cpu_us']:.1f} |"
             )
     rows += ["", "| label | TextStream.add µs/tok @256 | @1024 |", "|---|---|---|"]
     for label, res in results.items():

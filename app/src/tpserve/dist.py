@@ -1,9 +1,10 @@
 """Process groups: DeepSpeed's data plane (gloo/NCCL) and a gloo control channel with a timeout.
 
 The control channel carries the scheduler's steps from rank 0 to every rank
-(broadcast_object_list over gloo, also on CUDA). Its timeout is the heartbeat timeout: an idle
-rank 0 broadcasts a no-op heartbeat every few seconds, so a rank that waits longer than the
-timeout knows a peer died. Any collective error is fatal (see `fatal`).
+(over gloo, also on CUDA: one pre-sized int64 tensor per step, see tpserve.stepwire).
+Its timeout is the heartbeat timeout: an idle rank 0 broadcasts a no-op heartbeat every few
+seconds, so a rank that waits longer than the timeout knows a peer died.
+Any collective error is fatal (see `fatal`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import sys
 from typing import Any
 
+from tpserve import stepwire
 from tpserve.engines.base import DistInfo
 
 log = logging.getLogger("tpserve.dist")
@@ -47,15 +49,45 @@ class Channel:
     def __init__(self, info: DistInfo, group: Any = None) -> None:
         self.info = info
         self.group = group
+        self._buf: Any = None  # the pre-sized int64 message buffer (torch imported lazily)
 
     def broadcast(self, message: Any = None) -> Any:
+        """Rank 0 sends `message`, every other rank returns it (see tpserve.stepwire for the format).
+
+        Step/heartbeat/shutdown dicts of ints: ONE broadcast of a pre-sized int64 tensor (a second
+        one for a prompt longer than the buffer); anything else: that header, then a pickle.
+        """
         if self.info.world_size == 1:
             return message
+        import torch
         import torch.distributed as tdist
 
-        box = [message if self.info.rank == 0 else None]
-        tdist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
+        if self._buf is None:
+            self._buf = torch.zeros(stepwire.SLOTS, dtype=torch.int64)
+        buf = self._buf
+        if self.info.rank == 0:
+            ints = stepwire.encode(message)
+            head = [stepwire.PICKLED, 0] if ints is None else ints[: stepwire.SLOTS]
+            buf[: len(head)] = torch.tensor(head, dtype=torch.int64)
+            tdist.broadcast(buf, src=0, group=self.group)
+            if ints is None:
+                tdist.broadcast_object_list([message], src=0, group=self.group)
+            elif len(ints) > stepwire.SLOTS:
+                rest = torch.tensor(ints[stepwire.SLOTS :], dtype=torch.int64)
+                tdist.broadcast(rest, src=0, group=self.group)
+            return message
+        tdist.broadcast(buf, src=0, group=self.group)
+        kind, total = buf[:2].tolist()
+        if kind == stepwire.PICKLED:
+            box = [None]
+            tdist.broadcast_object_list(box, src=0, group=self.group)
+            return box[0]
+        ints = buf[: min(total, stepwire.SLOTS)].tolist()
+        if kind == stepwire.CONTINUED:
+            rest = torch.empty(total - stepwire.SLOTS, dtype=torch.int64)
+            tdist.broadcast(rest, src=0, group=self.group)
+            ints += rest.tolist()
+        return stepwire.decode(ints)
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Gather on the default group (long timeout: ranks may finish loading at different times)."""

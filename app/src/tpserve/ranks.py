@@ -1,6 +1,6 @@
 """The rank protocol: every rank runs every step that rank 0 broadcasts.
 
-Messages (dicts, pickled over the gloo control group):
+Messages (dicts over the gloo control group; encoded as one int64 tensor, see tpserve.stepwire):
     {"op": "step", "uids": [...], "chunks": [[...], ...], "release": [...]}  → engine.forward
     {"op": "heartbeat", "release": [...]}                                     → nothing (alive)
     {"op": "shutdown", "release": [...]}                                      → exit 0

@@ -1,0 +1,106 @@
+"""The compact step message: round trips, and a real 2-process gloo broadcast (no mocks)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import os
+import random
+import time
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+from tpserve import stepwire
+from tpserve.dist import Channel
+from tpserve.engines.base import DistInfo
+
+
+def _messages(rng: random.Random) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"op": "heartbeat", "release": []},
+        {"op": "heartbeat", "release": [3, 9]},
+        {"op": "shutdown", "release": [1]},
+        {"op": "step", "uids": [7], "chunks": [[1, 2, 3]], "release": []},
+        {"op": "step", "uids": [], "chunks": [], "release": [5]},
+    ]
+    for _ in range(30):
+        n = rng.randint(1, 80)
+        out.append(
+            {
+                "op": "step",
+                "uids": rng.sample(range(1, 10**9), n),
+                "chunks": [[rng.randrange(152064)] * rng.choice([1, 1, 1, 37]) for _ in range(n)],
+                "release": [rng.randrange(10**6) for _ in range(rng.randint(0, 5))],
+            }
+        )
+    # long prompts: more than one buffer (the CONTINUED path)
+    out.append({"op": "step", "uids": [1, 2], "chunks": [list(range(3000)), [5]], "release": [4]})
+    return out
+
+
+def test_round_trip_and_kinds() -> None:
+    for msg in _messages(random.Random(0)):
+        ints = stepwire.encode(msg)
+        assert ints is not None
+        assert ints[0] == (stepwire.COMPACT if len(ints) <= stepwire.SLOTS else stepwire.CONTINUED)
+        assert stepwire.decode(ints) == msg
+    decode_64 = {"op": "step", "uids": list(range(64)), "chunks": [[9]] * 64, "release": list(range(8))}
+    assert len(stepwire.encode(decode_64) or []) <= stepwire.SLOTS  # a bs=64 decode step: one broadcast
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": "step", "uids": [1], "chunks": [["a"]], "release": []},
+        {"op": "step", "uids": [1], "chunks": [[1]], "release": [], "extra": 1},
+        {"op": "step", "uids": [1, 2], "chunks": [[1]], "release": []},
+        {"op": "step", "uids": [True], "chunks": [[1]], "release": []},
+        {"op": "step", "uids": [2**70], "chunks": [[1]], "release": []},
+        {"op": "reload", "release": []},
+        None,
+    ],
+)
+def test_not_encodable_goes_pickled(msg: Any) -> None:
+    assert stepwire.encode(msg) is None
+
+
+def _rank(rank: int, port: int, messages: list[Any], results: Any, timeout_s: float) -> None:
+    import torch.distributed as tdist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tdist.init_process_group("gloo", rank=rank, world_size=2)
+    group = tdist.new_group(backend="gloo", timeout=dt.timedelta(seconds=timeout_s))
+    channel = Channel(DistInfo(rank=rank, world_size=2, local_size=2), group)
+    got = [channel.broadcast(m if rank == 0 else None) for m in messages]
+    if rank == 1:
+        results.put(got)
+        t0 = time.monotonic()
+        try:  # rank 0 sends nothing more: the control timeout must fire
+            channel.broadcast(None)
+            results.put(("no error", time.monotonic() - t0))
+        except Exception as exc:
+            results.put((type(exc).__name__, time.monotonic() - t0))
+    else:
+        time.sleep(timeout_s + 8)  # alive but silent
+
+
+def test_two_rank_gloo_broadcast_and_timeout() -> None:
+    messages: list[Any] = [*_messages(random.Random(1)), {"op": "odd", "payload": ("x", 1.5)}]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port, timeout_s = free_port(), 3.0
+    procs = [ctx.Process(target=_rank, args=(r, port, messages, results, timeout_s)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        got = results.get(timeout=120)
+        assert got == messages  # the pickled fallback included
+        err, waited = results.get(timeout=60)
+        assert err != "no error" and timeout_s - 0.5 <= waited <= timeout_s + 30, (err, waited)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
