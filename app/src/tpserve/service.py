@@ -109,13 +109,16 @@ class Service:
         self.metrics.in_flight.inc()
         try:
             while True:
-                remaining = req.deadline - time.monotonic() + 2.0  # the scheduler times out first
-                try:
-                    event = await asyncio.wait_for(req.events.get(), timeout=max(0.1, remaining))
-                except TimeoutError:
-                    req.cancel()
-                    yield Event(finish_reason="timeout", prompt_tokens=len(req.prompt_ids))
-                    return
+                if not req.events.empty():  # already delivered: no wait_for task per token
+                    event = req.events.get_nowait()
+                else:
+                    remaining = req.deadline - time.monotonic() + 2.0  # the scheduler times out first
+                    try:
+                        event = await asyncio.wait_for(req.events.get(), timeout=max(0.1, remaining))
+                    except TimeoutError:
+                        req.cancel()
+                        yield Event(finish_reason="timeout", prompt_tokens=len(req.prompt_ids))
+                        return
                 yield event
                 if event.final:
                     return
