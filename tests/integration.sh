@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end on the local lab (first version):
 #   lab up -> site.yml -> site.yml again (changed=0 on every host) -> site.yml --check --diff
-#   (changed=0, failed=0) -> serve.yml -> smoketest.yml (report reports/smoke-<inventory>.json).
+#   (changed=0, failed=0) -> serve.yml (tp_across_nodes) twice (changed=0) -> smoketest.yml
+#   -> kill -9 a rank on the third node, wait for systemd to restart the group -> serve.yml
+#   (changed=0) -> smoketest.yml -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1 twice
+#   (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json).
 # Playbooks that do not exist yet are skipped with a message. The lab stays up afterwards
 # (tests/run_ci.sh tears it down; or `make lab-down`).
 # Uses the default lab and inventory/lab; for a private lab export LAB_PREFIX, LAB_SUBNET,
@@ -71,12 +74,56 @@ if have site.yml; then
   playbook site-check site.yml --check --diff || die "site.yml --check --diff"
   recap_check "${LOG_DIR}/site-check.log" "site.yml --check --diff"
 fi
-if have serve.yml; then
-  playbook serve serve.yml || die "serve.yml"
-fi
-if have smoketest.yml; then
-  playbook smoketest smoketest.yml || die "smoketest.yml"
+# smoke NAME ARGS...: smoketest.yml, then keep its report as reports/smoke-<inventory>-NAME.json.
+smoke() {
+  local name=$1 report
+  shift
   report=reports/smoke-$(basename "${INVENTORY}").json
-  if [[ -f ${report} ]]; then say "smoke report: ${report}"; else die "smoketest.yml wrote no ${report}"; fi
+  rm -f "${report}"
+  playbook "smoketest-${name}" smoketest.yml "$@" || die "smoketest.yml (${name})"
+  [[ -f ${report} ]] || die "smoketest.yml (${name}) wrote no ${report}"
+  cp "${report}" "${report%.json}-${name}.json"
+  say "smoke report (${name}): ${report%.json}-${name}.json"
+}
+
+# restarts HOST: NRestarts of HOST's tpserve.service.
+restarts() {
+  ansible -i "${INVENTORY}" "$1" -m ansible.builtin.command \
+    -a 'systemctl show tpserve.service -p NRestarts --value' | tail -n 1
+}
+
+if have serve.yml && have smoketest.yml; then
+  # Layout 1: one TP group over every node (the lab's TP=4 over 4 nodes).
+  playbook serve serve.yml || die "serve.yml (tp_across_nodes)"
+  playbook serve-2 serve.yml || die "serve.yml (tp_across_nodes, second run)"
+  recap_check "${LOG_DIR}/serve-2.log" "serve.yml second run (idempotence)"
+  smoke tp_across_nodes
+
+  # A rank dies (kill -9 on the third node): every node's unit must restart (survivors fail at
+  # their next collective/heartbeat) and the group must come back; serve.yml (changed=0) waits
+  # for /health and the smoke test must pass again.
+  mapfile -t nodes < <(ansible -i "${INVENTORY}" tpserve --list-hosts | tail -n +2 | tr -d ' ')
+  victim=${nodes[2]:-${nodes[-1]}}
+  master_before=$(restarts "${nodes[0]}")
+  say "kill -9 the rank on ${victim}"
+  t_kill=${SECONDS}
+  ansible -i "${INVENTORY}" "${victim}" -m ansible.builtin.shell \
+    -a 'pkill -9 -u tpserve -f -- "-m tpserve --local_rank"' || die "no rank to kill on ${victim}"
+  until (($(restarts "${nodes[0]}") > master_before)); do
+    ((SECONDS - t_kill < 300)) || die "the master's unit did not restart within 300s of the kill"
+    sleep 3
+  done
+  say "the master's unit restarted $((SECONDS - t_kill))s after the kill"
+  playbook serve-recovered serve.yml || die "serve.yml after the kill"
+  recap_check "${LOG_DIR}/serve-recovered.log" "serve.yml after the kill"
+  say "group ready again $((SECONDS - t_kill))s after the kill"
+  smoke recovered
+
+  # Layout 2: an independent TP=1 group per node behind the router on the master.
+  replicas=(-e tpserve_layout=replicas -e tpserve_tp_size=1)
+  playbook serve-replicas serve.yml "${replicas[@]}" || die "serve.yml (replicas)"
+  playbook serve-replicas-2 serve.yml "${replicas[@]}" || die "serve.yml (replicas, second run)"
+  recap_check "${LOG_DIR}/serve-replicas-2.log" "serve.yml replicas second run (idempotence)"
+  smoke replicas "${replicas[@]}"
 fi
 say "passed"
