@@ -36,7 +36,9 @@ def _number(raw: str | None) -> float | None:
         return None
 
 
-def nvidia_smi_gpus(stdout: str, fields: list[str] | tuple[str, ...] = QUERY_FIELDS) -> list[dict[str, Any]]:
+def nvidia_smi_gpus(
+    stdout: str, fields: list[str] | tuple[str, ...] = QUERY_FIELDS
+) -> list[dict[str, Any]]:
     """One dict per GPU: index, name, uuid, driver_version, memory_mib, compute_cap (float).
 
     Raises ValueError on a line whose column count does not match `fields` (e.g. an error message
@@ -51,7 +53,8 @@ def nvidia_smi_gpus(stdout: str, fields: list[str] | tuple[str, ...] = QUERY_FIE
             expected = ", ".join(fields)
             line = ",".join(row)
             raise ValueError(
-                f"nvidia-smi line has {len(row)} columns, expected {len(fields)} ({expected}): {line!r}"
+                f"nvidia-smi line has {len(row)} columns, "
+                f"expected {len(fields)} ({expected}): {line!r}"
             )
         raw = {field: _value(cell) for field, cell in zip(fields, row, strict=True)}
         index = _number(raw.get("index"))
@@ -89,7 +92,8 @@ def gpu_preflight_problems(
     problems: list[str] = []
     if len(gpus) != int(slots):
         problems.append(
-            f"{len(gpus)} GPU(s) visible but tpserve_slots={slots}: set tpserve_slots for this node to "
+            f"{len(gpus)} GPU(s) visible but tpserve_slots={slots}: "
+            "set tpserve_slots for this node to "
             f"{len(gpus)} or fix the missing GPUs (nvidia-smi -L)"
         )
     for gpu in gpus:
@@ -99,7 +103,8 @@ def gpu_preflight_problems(
             problems.append(f"{label}: driver version unknown")
         elif _version_tuple(driver) < _version_tuple(str(min_driver)):
             problems.append(
-                f"{label}: driver {driver} < gpu_preflight_min_driver {min_driver}: upgrade the NVIDIA driver"
+                f"{label}: driver {driver} < gpu_preflight_min_driver {min_driver}: "
+                "upgrade the NVIDIA driver"
             )
         memory = gpu.get("memory_mib")
         if need_mib and (memory is None or memory < int(need_mib)):
@@ -110,7 +115,8 @@ def gpu_preflight_problems(
         cc = gpu.get("compute_cap")
         if min_compute_cap and (cc is None or cc < float(min_compute_cap)):
             problems.append(
-                f"{label}: compute capability {cc} < {min_compute_cap} needed by tpserve_engine=fastgen: "
+                f"{label}: compute capability {cc} < {min_compute_cap} "
+                "needed by tpserve_engine=fastgen: "
                 "choose tpserve_engine=autotp"
             )
     return problems
