@@ -58,14 +58,14 @@ have() {
   return 1
 }
 
+say "lab up (LAB_NODES=${LAB_NODES:-4})"
+tests/lab/lab.sh up
+
 for pb in site.yml serve.yml smoketest.yml; do
   [[ -f ${pb} ]] || continue
   ansible-playbook -i "${INVENTORY}" --syntax-check "${pb}" >/dev/null || die "${pb}: syntax check"
 done
 say "syntax check passed"
-
-say "lab up (LAB_NODES=${LAB_NODES:-4})"
-tests/lab/lab.sh up
 
 if have site.yml; then
   playbook site-1 site.yml || die "site.yml (first run)"
