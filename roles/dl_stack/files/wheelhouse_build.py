@@ -5,9 +5,10 @@ The wheelhouse holds a wheel for every line of the lock (binary wheels downloade
 *nodes'* platform, source-only packages such as deepspeed built with --no-build-isolation
 against the controller's interpreter) plus the tpserve wheel built from app/.
 
-A key (sha256 over the lock, the app sources and every setting) is written to
-<out>/wheelhouse.json; when it matches and every listed file is intact nothing is done
-(changed=false). With --check nothing is built: the result only says whether it would be.
+A key (sha256 over the lock, the app's wheel inputs (pyproject.toml, README.md, src/) and every
+setting) is written to <out>/wheelhouse.json; when it matches and every listed file is intact
+nothing is done (changed=false). With --check nothing is built: the result only says whether
+it would be.
 """
 
 from __future__ import annotations
@@ -246,7 +247,12 @@ def main() -> int:
     lines = lock_lines(lock)
     settings = {k: v for k, v in vars(args).items() if k not in {"check", "out", "pip_python"}}
     settings["lock_sha256"] = sha256_file(lock)
-    settings["app_digest"] = tree_digest(Path(args.app_dir))
+    # Only what goes into the tpserve wheel: build config + sources (not tests or caches).
+    app_dir = Path(args.app_dir)
+    app_build = [app_dir / "pyproject.toml", app_dir / "README.md"]
+    settings["app_digest"] = tree_digest(app_dir / "src") + "".join(
+        sha256_file(p) for p in app_build if p.is_file()
+    )
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     out = Path(args.out)
     state = current_state(out)
