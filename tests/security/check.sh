@@ -28,12 +28,12 @@ static_checks() {
   printf '\n=== security: static (roles, playbooks, group_vars, inventories, ansible.cfg)\n'
   local paths=(roles playbooks site.yml serve.yml smoketest.yml group_vars inventory ansible.cfg molecule)
   local hits
-  hits=$(grep -rnIiE \
+  hits=$(grep -rnIiE --exclude="*.md" \
     'PasswordAuthentication[[:space:]=]+"?yes|KbdInteractiveAuthentication[[:space:]=]+"?yes|PermitEmptyPasswords[[:space:]=]+"?yes' \
     "${paths[@]}" 2>/dev/null || true)
   [[ -z ${hits} ]] && pass "nothing enables SSH password authentication" ||
     fail "SSH password authentication enabled:"$'\n'"${hits}"
-  hits=$(grep -rnIiE \
+  hits=$(grep -rnIiE --exclude="*.md" \
     'StrictHostKeyChecking[[:space:]=]+"?(no|off|accept-new)|UserKnownHostsFile[[:space:]=]+/dev/null|host_key_checking[[:space:]]*[=:][[:space:]]*"?(false|no|0)|ANSIBLE_HOST_KEY_CHECKING[^[:alnum:]]+"?(false|no|0)' \
     "${paths[@]}" 2>/dev/null || true)
   [[ -z ${hits} ]] && pass "nothing disables host key checking" ||
