@@ -105,7 +105,6 @@ live_checks() {
 secrets_checks() {
   local work pw vars api_key hf_token n out
   work=$(mktemp -d /tmp/tpserve-sec.XXXXXX)
-  trap 'rm -rf "${work}"' RETURN
   api_key="sk-sec-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   hf_token="hf_sec$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   pw=${work}/vault-pass
@@ -149,6 +148,7 @@ secrets_checks() {
   printf '\n=== security: serve.yml without secrets (back to the open lab API)\n'
   playbook "${work}/serve-restore.log" serve.yml && pass "serve.yml restored (no API key)" ||
     fail "serve.yml restore (tail: $(tail -n 20 "${work}/serve-restore.log"))"
+  rm -rf "${work}"
 }
 
 case ${mode} in
