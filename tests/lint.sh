@@ -30,6 +30,20 @@ else
   echo "== lint: shellcheck is not installed (make deps): skipped"
 fi
 
+# The real cluster's inventory: only --syntax-check and --list-hosts, which never connect.
+jakarta_offline() {
+  local pb listed node
+  for pb in site.yml serve.yml smoketest.yml; do
+    ansible-playbook -i inventory/jakarta --syntax-check "${pb}" >/dev/null || return 1
+  done
+  listed=$(ansible-playbook -i inventory/jakarta --list-hosts site.yml) || return 1
+  for node in te1 te2 te3 te4; do
+    grep -qw "${node}" <<<"${listed}" ||
+      { echo "inventory/jakarta: ${node} missing from site.yml --list-hosts" >&2; return 1; }
+  done
+}
+run "inventory/jakarta (syntax-check, list-hosts; no connection)" jakarta_offline
+
 if ((${#failed[@]})); then
   echo "lint: FAILED: ${failed[*]}" >&2
   exit 1
