@@ -76,6 +76,16 @@ health_ok() {
   curl -fsS -m 5 "${API_URL}/health" 2>/dev/null | grep -qE '"status": *"(ok|ready)"'
 }
 
+# chat_ok: one real chat completion (4 tokens) answers 200 with a choice and generated tokens: /health alone can
+# be answered by a rank 0 whose group is still forming. TPSERVE_API_KEY is sent when set.
+chat_ok() {
+  local auth=()
+  [[ -z ${TPSERVE_API_KEY:-} ]] || auth=(-H "Authorization: Bearer ${TPSERVE_API_KEY}")
+  curl -fsS -m 120 "${auth[@]}" -H 'content-type: application/json' "${API_URL}/v1/chat/completions" \
+    -d "{\"model\": \"${TPSERVE_MODEL_NAME:-tiny-qwen2-synthetic}\", \"max_tokens\": 4, \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}" 2>/dev/null |
+    "${PY}" -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["choices"] and d["usage"]["completion_tokens"] > 0 else 1)' 2>/dev/null
+}
+
 # wait_health SECONDS: wait until health_ok; prints the seconds it took; rc 1 on timeout.
 wait_health() {
   local limit=$1 t0=${SECONDS}

@@ -31,6 +31,7 @@ FAIL_FAST_LIMIT=${CHAOS_FAIL_FAST_LIMIT:-180}
 REPLICA_REQUESTS=${CHAOS_REPLICA_REQUESTS:-100}
 MODEL=${TPSERVE_MODEL_NAME:-tiny-qwen2-synthetic}
 VICTIM=${WORKERS[-1]}
+mapfile -t ALL_NODES < <(hosts_of tpserve)
 mkdir -p "${LOGS}"
 rows=()
 failed=0
@@ -167,17 +168,23 @@ scenario_worker_down() {
   s_smoke=$((SECONDS - t0))
   grep -q "${VICTIM}" <(grep -E "UNREACHABLE|fatal|FAILED|failed|unreachable" "${LOGS}/smoke-node-down.log") && named_smoke=yes
   local smoke_rc=${rc}
+  local t_start changes
+  t_start=${SECONDS}
   podman start "$(container_of "${VICTIM}")" >/dev/null
   wait_ssh "${VICTIM}" 180 || true
   t0=${SECONDS}
   rc=0
   playbook "${LOGS}/serve-node-back.log" serve.yml || rc=$?
   s_restore=$((SECONDS - t0))
-  local health=down
+  # The group may heal by itself (every unit is enabled and retries): say whether serve.yml changed anything.
+  changes=$(awk '/^PLAY RECAP/ {r = 1; next} r && /changed=/ {sub(/.*changed=/, ""); n += $1} END {print n + 0}' \
+    "${LOGS}/serve-node-back.log")
+  local health=down generate=fail
   health_ok && health=ok
-  local detail="serve.yml rc ${serve_rc} in ${s_serve}s (names ${VICTIM}: ${named_serve}); smoketest.yml rc ${smoke_rc} in ${s_smoke}s (names it: ${named_smoke}); after podman start serve.yml rc ${rc} in ${s_restore}s, health ${health}"
+  chat_ok && generate=ok
+  local detail="serve.yml rc ${serve_rc} in ${s_serve}s (names ${VICTIM}: ${named_serve}); smoketest.yml rc ${smoke_rc} in ${s_smoke}s (names it: ${named_smoke}); after podman start serve.yml rc ${rc} in ${s_restore}s (changed=${changes}), serving $((SECONDS - t_start))s after the start: health ${health}, chat completion ${generate}"
   if ((serve_rc != 0 && smoke_rc != 0 && rc == 0)) && ((s_serve <= FAIL_FAST_LIMIT && s_smoke <= FAIL_FAST_LIMIT)) &&
-    [[ ${named_serve} == yes && ${named_smoke} == yes && ${health} == ok ]]; then
+    [[ ${named_serve} == yes && ${named_smoke} == yes && ${health} == ok && ${generate} == ok ]]; then
     row worker-down PASS "${s_restore}" "${detail}"
   else
     row worker-down FAIL "${s_restore}" "${detail}"
@@ -204,22 +211,40 @@ scenario_replicas() {
     fi
     sleep 0.5
   done
+  local victim_url victim_before victim_after
+  victim_url="http://$(addr_of "${VICTIM}"):"
+  victim_before=$(router_requests_of "${victim_url}")
   rc=0
   "${PY}" tests/load/loadtest.py --url "${API_URL}" --model "${MODEL}" --requests "${REPLICA_REQUESTS}" \
     --concurrency 8 --max-tokens 16 --timeout 120 --json "${LOGS}/replicas-load.json" >"${LOGS}/replicas-load.log" 2>&1 || rc=$?
   failed_after=$("${PY}" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["failed"], d["by_status"])' "${LOGS}/replicas-load.json" 2>/dev/null || echo "? ?")
+  victim_after=$(router_requests_of "${victim_url}")
   podman start "$(container_of "${VICTIM}")" >/dev/null
   wait_ssh "${VICTIM}" 180 || true
   ok_before=0
   playbook "${LOGS}/serve-restore.log" serve.yml || ok_before=$?
-  local health=down
+  local health=down generate=fail world
   wait_health 300 >/dev/null && health=ok
-  local detail="router marked ${VICTIM} down after ${marked}s; then ${REPLICA_REQUESTS} requests: failed ${failed_after}; layout restored (serve.yml rc ${ok_before}, health ${health})"
-  if [[ ${marked} != timeout ]] && ((rc == 0 && ok_before == 0)) && [[ ${health} == ok ]]; then
+  chat_ok && generate=ok
+  # Back to one TP group over every node: rank 0's /health (not the router's) with world_size = node count.
+  world=$(curl -sS -m 5 "${API_URL}/health" 2>/dev/null |
+    "${PY}" -c 'import json,sys; print(json.load(sys.stdin).get("world_size", "?"))' 2>/dev/null || echo "?")
+  local detail="router marked ${VICTIM} down after ${marked}s; then ${REPLICA_REQUESTS} requests: failed ${failed_after}, requests routed to ${VICTIM}'s replica during the load: $((victim_after - victim_before)); tp_across_nodes restored (serve.yml rc ${ok_before}, health ${health}, world_size ${world} of ${#ALL_NODES[@]} nodes, chat completion ${generate})"
+  if [[ ${marked} != timeout ]] && ((rc == 0 && ok_before == 0 && victim_before >= 0 && victim_after == victim_before)) &&
+    [[ ${health} == ok && ${generate} == ok && ${world} == "${#ALL_NODES[@]}" ]]; then
     row replicas PASS "${marked}" "${detail}"
   else
     row replicas FAIL "${marked}" "${detail}"
   fi
+}
+
+# router_requests_of URL_PREFIX: the router's request counter of the replica whose URL starts with
+# URL_PREFIX (-1 when the router does not answer or has no such replica).
+router_requests_of() {
+  curl -sS -m 5 "${API_URL}/health" 2>/dev/null | "${PY}" -c '
+import json, sys
+hits = [r["requests"] for r in json.load(sys.stdin)["replicas"] if r["url"].startswith(sys.argv[1])]
+print(sum(hits) if hits else -1)' "$1" 2>/dev/null || echo -1
 }
 
 scenario_security() {
