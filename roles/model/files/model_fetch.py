@@ -4,7 +4,7 @@
     model_fetch.py hf REPO_ID REVISION DIR [--allow PATTERN ...]
     model_fetch.py modelscope MODEL_ID REVISION DIR [--allow PATTERN ...]
 
-Credentials and mirrors come from the environment only (HF_TOKEN, HF_ENDPOINT,
+Credentials and mirrors come from the environment only (HF_TOKEN_PATH or HF_TOKEN, HF_ENDPOINT,
 MODELSCOPE_DOMAIN, proxies), never from argv. Both hubs resume partial downloads and skip
 files already present. Prints one JSON object.
 """
