@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := python3 python3-venv podman runc debootstrap zstd openssh-client pdsh rsync shellcheck
 VENV_INPUTS := requirements/controller.txt app/requirements.lock $(wildcard app/pyproject.toml)
 
-.PHONY: help venv deps lab-up lab-down lab-status lint unit molecule integration test demo chaos load clean
+.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration test demo chaos load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,15 @@ $(STAMP): $(VENV_INPUTS)
 	$(VENV)/bin/python -m pip install -q -r requirements/controller.txt -r app/requirements.lock
 	@if [ -f app/pyproject.toml ]; then $(VENV)/bin/python -m pip install -q -e app; fi
 	@touch $@
+
+deps-ensure: ## install only the apt packages that are missing (no-op when all are there)
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing missing apt packages:" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: run as root (or 'sudo make deps')" >&2; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
 deps: ## apt packages the controller needs (root)
 	apt-get update -q
@@ -59,10 +68,10 @@ molecule: venv ## every molecule scenario (molecule test -s NAME)
 integration: venv ## lab-up, site.yml twice (changed=0), --check, serve.yml, smoketest.yml
 	tests/integration.sh
 
-test: venv ## lint -> unit -> molecule -> integration, one summary line
+test: deps-ensure venv ## lint -> unit -> molecule -> integration, one summary line
 	tests/run_ci.sh
 
-demo: venv lab-up ## lab-up, site.yml, serve.yml, smoketest.yml on the lab; print the smoke report
+demo: deps-ensure venv lab-up ## lab-up, site.yml, serve.yml, smoketest.yml on the lab; print the smoke report
 	@for pb in site.yml serve.yml smoketest.yml; do \
 	  if [ ! -f $$pb ]; then echo "$$pb: not there yet"; continue; fi; \
 	  echo "== ansible-playbook -i $(LAB_INV) $$pb"; \
