@@ -35,7 +35,9 @@ def test_timeout_queue_full_then_dead_rank_exits_nonzero(model_dir: Path, tmp_pa
         url = srv.base_url
 
         # a request that cannot finish within --request-timeout → 504 with a reason
-        r = httpx.post(url + "/generate", json={"prompt": "long", "max_new_tokens": 3000}, timeout=30)
+        # (ignore_eos: on a fast, idle machine the random model may hit EOS before the timeout)
+        long = {"max_new_tokens": 3000, "ignore_eos": True}
+        r = httpx.post(url + "/generate", json={"prompt": "long", **long}, timeout=30)
         assert r.status_code == 504, r.text
         assert "did not finish within 2" in r.json()["error"]["message"]
 
@@ -44,10 +46,7 @@ def test_timeout_queue_full_then_dead_rank_exits_nonzero(model_dir: Path, tmp_pa
             async with httpx.AsyncClient(timeout=30) as c:
                 return list(
                     await asyncio.gather(
-                        *(
-                            c.post(url + "/generate", json={"prompt": f"p{i}", "max_new_tokens": 3000})
-                            for i in range(6)
-                        )
+                        *(c.post(url + "/generate", json={"prompt": f"p{i}", **long}) for i in range(6))
                     )
                 )
 
