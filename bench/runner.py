@@ -185,10 +185,47 @@ def cmd_http(args: argparse.Namespace) -> None:
                 *scen.split(),
             ]
             say(f"loadgen {scen}")
+            before = step_counters(url)
             subprocess.run(lg, env=env, timeout=left, check=False)
+            record_step_phases(args.results, tag, scen, before, step_counters(url))
     finally:
         stop_group(srv, 15)
     cmd_report(args)
+
+
+def step_counters(url: str) -> dict[str, float]:
+    """tpserve's step-phase counters from /metrics: {phase: seconds, "steps": n}; {} if none."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('tpserve_step_seconds_total{phase="'):
+            name = line.split('"')[1]
+            out[name] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("tpserve_engine_steps_total "):
+            out["steps"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def record_step_phases(
+    results: Path, tag: str, scenario: str, before: dict[str, float], after: dict[str, float]
+) -> None:
+    """Mean ms per engine step of each phase of rank 0's engine thread during one scenario."""
+    steps = after.get("steps", 0.0) - before.get("steps", 0.0)
+    if steps <= 0:
+        return
+    row: dict[str, Any] = {"stage": "step_phases", "tag": tag, "scenario": scenario}
+    row["steps"] = int(steps)
+    for name in after:
+        if name != "steps":
+            row[f"{name}_ms"] = round(1000 * (after[name] - before.get(name, 0.0)) / steps, 3)
+    with open(results / "phases.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    say(f"step phases (ms/step): {row}")
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -220,6 +257,14 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"{r['itl_ms_p50'] if r['concurrency'] == 1 else ''} | {r['output_tok_per_s']} | "
             f"{r['ttft_ms_p50']}/{r['ttft_ms_p99']} | {r['itl_ms_p50']}/{r['itl_ms_p99']} |"
         )
+    phases = [r for r in rows if r.get("stage") == "step_phases"]
+    if phases:
+        names = [k for k in phases[0] if k.endswith("_ms")]
+        heads = " | ".join(n[:-3] for n in names)
+        print(f"\n| rank 0 engine thread, mean ms per step | {heads} | steps |")
+        for r in phases:
+            cells = " | ".join(str(r.get(n, "")) for n in names)
+            print(f"| {r['tag']} {r['scenario']} | {cells} | {r['steps']} |")
     toks = {r["tag"]: r["first32"] for r in rows if r.get("stage") == "tokens"}
     for a, b in (("v2-tp1", "v2-tp2"), ("fastgen-tp1", "fastgen-tp2")):
         if a in toks and b in toks:

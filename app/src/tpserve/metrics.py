@@ -36,6 +36,16 @@ class Metrics:
         self.batch_size = Histogram(
             "tpserve_batch_size", "Sequences per engine step", buckets=BATCH_BUCKETS, registry=r
         )
+        self.step_seconds = Counter(
+            "tpserve_step_seconds",
+            "Rank 0's engine-thread time by step phase (divide by tpserve_engine_steps for a mean): "
+            "schedule (between steps: admit, capacity check), broadcast (step message to the ranks), "
+            "forward (engine call; on GPU it only launches the kernels), sample (waits for the GPU, "
+            "picks tokens), emit (detokenise, hand the deltas to the HTTP side)",
+            ["phase"],
+            registry=r,
+        )
+        self.steps = Counter("tpserve_engine_steps", "Engine steps run", registry=r)
         self.in_flight = Gauge("tpserve_requests_in_flight", "Generation requests being served", registry=r)
 
     def render(self) -> bytes:

@@ -46,6 +46,8 @@ class Event:
 
 
 _uids = itertools.count(1)
+PHASES = ("schedule", "broadcast", "forward", "sample", "emit")
+PHASE_FLUSH_STEPS = 16
 
 
 class Request:
@@ -134,6 +136,9 @@ class Scheduler:
         self._shutdown = threading.Event()
         self.stopped = threading.Event()
         self.steps = 0
+        self._phase = dict.fromkeys(PHASES, 0.0)  # seconds per phase since the last flush
+        self._steps_flushed = 0
+        self._step_end = time.perf_counter()
 
     # -- called from the HTTP thread -------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -158,6 +163,7 @@ class Scheduler:
             self._admit()
             self._deliver()
             if not self.active:
+                self._flush_phases()
                 if self._shutdown.is_set() and self.pending.empty() and self._held is None:
                     self._broadcast({"op": "shutdown"})
                     self.stopped.set()
@@ -169,14 +175,19 @@ class Scheduler:
                     continue
                 if req is not None:
                     self._start(req)
+                self._step_end = time.perf_counter()  # idle time is not step time
                 continue
             self._step()
 
     def _broadcast(self, message: dict[str, Any]) -> torch.Tensor | None:
         message["release"], self._release = self._release, []
         self.watchdog.busy()
+        t0 = time.perf_counter()
         msg = self.channel.broadcast(message)
+        t1 = time.perf_counter()
         logits = execute(self.engine, msg)
+        self._phase["broadcast"] += t1 - t0
+        self._phase["forward"] += time.perf_counter() - t1
         self.watchdog.idle()
         return logits
 
@@ -231,17 +242,36 @@ class Scheduler:
         uids = [r.uid for r in batch]
         chunks = [r.output_ids[-1:] if r.prefilled else r.prompt_ids for r in batch]
         self.metrics.batch_size.observe(len(batch))
+        t0 = time.perf_counter()
+        phase = self._phase
+        phase["schedule"] += t0 - self._step_end
         logits = self._broadcast({"op": "step", "uids": uids, "chunks": chunks})
         self.steps += 1
         assert logits is not None
-        logits = logits.float().cpu()  # one transfer per step (engines may return GPU logits)
+        t1 = time.perf_counter()
+        # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
+        # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
         tokens = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+        t2 = time.perf_counter()
         now = time.monotonic()
         for req, token in zip(batch, tokens, strict=True):
             req.prefilled = True
             self._on_token(req, token, now)
         self.metrics.output_tokens.inc(len(batch))
         self._deliver()  # one event-loop wake-up for every stream's new text of this step
+        self._step_end = time.perf_counter()
+        phase["sample"] += t2 - t1
+        phase["emit"] += self._step_end - t2
+        if self.steps % PHASE_FLUSH_STEPS == 0:
+            self._flush_phases()
+
+    def _flush_phases(self) -> None:
+        """Add the phase times to the Prometheus counters (every few steps: inc() takes a lock)."""
+        for name, seconds in self._phase.items():
+            self.metrics.step_seconds.labels(name).inc(seconds)
+            self._phase[name] = 0.0
+        self.metrics.steps.inc(self.steps - self._steps_flushed)
+        self._steps_flushed = self.steps
 
     def _deliver(self) -> None:
         if self._outbox:

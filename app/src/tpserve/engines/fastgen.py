@@ -31,6 +31,7 @@ from tpserve.engines.base import (
     full_linear_weight_elements,
     load_config,
 )
+from tpserve.engines.fastgen_rope import use_fp32_rope
 
 log = logging.getLogger("tpserve.engines.fastgen")
 
@@ -145,12 +146,16 @@ class FastGenEngine(Engine):
         # needs one atom per q-block of its chunk: a 2009-token chunk = 16 atoms. Too few atoms
         # silently corrupt attention (seen: rel. logit error 0.45 on a 2100-token prompt with 4
         # sequences). Worst case per forward: n sequences + max_batch_tokens / q_block atoms.
-        from deepspeed.inference.v2.kernels.ragged_ops.blocked_flash.blocked_flash import get_q_block_size
+        from deepspeed.inference.v2.kernels.ragged_ops.blocked_flash.blocked_flash import (
+            get_kv_block_size,
+            get_q_block_size,
+        )
 
         head_dim = int(self.config.get("head_dim") or 0) or int(self.config["hidden_size"]) // int(
             self.config["num_attention_heads"]
         )
         self.q_block = get_q_block_size(head_dim)
+        self.kv_block_size = get_kv_block_size(head_dim)
         self.max_atoms = min(
             settings.max_batch_tokens,
             settings.max_batch_sequences + -(-settings.max_batch_tokens // self.q_block),
@@ -169,6 +174,8 @@ class FastGenEngine(Engine):
         t0 = time.monotonic()
         full_linear = full_linear_weight_elements(self.config)
         self._engine = build_hf_engine(settings.model_dir, engine_config)
+        # DeepSpeed's rotary kernel rounds its frequencies to fp16: long prompts drift (see fastgen_rope)
+        self.rope = use_fp32_rope(self._v2_model())
         self.kv_blocks_total = self.free_kv_blocks
         self.load_s = round(time.monotonic() - t0, 1)
         self._lengths: dict[int, int] = {}
@@ -190,10 +197,7 @@ class FastGenEngine(Engine):
 
         Norms and biases are counted as linear: they are < 0.1% of a 7B model's bytes.
         """
-        model = self._engine.model  # a plain method in DeepSpeed 0.19.8, not a property
-        total = sum(
-            p.numel() * p.element_size() for p in _v2_parameters(model() if callable(model) else model)
-        )
+        total = sum(p.numel() * p.element_size() for p in _v2_parameters(self._v2_model()))
         elem = 2  # v2 holds 16-bit weights
         embedding = int(self.config["vocab_size"]) * int(self.config["hidden_size"]) * elem
         if self.config.get("tie_word_embeddings"):
@@ -207,6 +211,10 @@ class FastGenEngine(Engine):
             "linear_fraction": round(linear / full, 4) if full else 0.0,
         }
 
+    def _v2_model(self) -> Any:
+        model = self._engine.model  # a plain method in DeepSpeed 0.19.8, not a property
+        return model() if callable(model) else model
+
     # -- capacity -------------------------------------------------------------------------
     @property
     def free_kv_blocks(self) -> int:
@@ -219,15 +227,20 @@ class FastGenEngine(Engine):
         new = sum(1 for u in uids if u not in self._lengths)
         if len(self._lengths) + new > self.settings.max_tracked_sequences:
             return False
-        free = self.free_kv_blocks
+        need = 0
         for uid, n in zip(uids, lengths, strict=True):
             if self._lengths.get(uid, 0) + n > self.settings.max_context:
                 return False
-            fit, blocks = self._engine.query(uid, n, free)
-            if fit != n:
-                return False
-            free -= int(blocks)
-        return True
+            need += self.new_blocks(uid, n)
+        return need <= self.free_kv_blocks
+
+    def new_blocks(self, uid: int, n: int) -> int:
+        """KV blocks that `n` more tokens of `uid` allocate: the dense-attention rule of DeepSpeed's
+        ``get_kv_requirements`` (ceil(tokens / block) blocks per sequence), as arithmetic. The
+        engine's own ``query`` is Python per sequence and ran twice per sequence per step; the GPU
+        test checks that both agree."""
+        have = self._lengths.get(uid, 0)
+        return -(-(have + n) // self.kv_block_size) - -(-have // self.kv_block_size)
 
     # -- steps ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -247,8 +260,6 @@ class FastGenEngine(Engine):
             logits = self._put(list(uids), tokens)
         else:
             logits = self._chunked(list(uids), tokens, budget, max_seqs)
-        for uid, t in zip(uids, tokens, strict=True):
-            self._lengths[uid] = self._lengths.get(uid, 0) + t.numel()
         return logits
 
     def _chunked(
@@ -280,16 +291,17 @@ class FastGenEngine(Engine):
         atoms = sum(-(-t.numel() // self.q_block) for t in tokens)
         if atoms > self.max_atoms:  # cannot happen with the sizing in __init__; never run it wrong
             raise EngineError(f"step needs {atoms} attention atoms > {self.max_atoms} allocated")
+        need = sum(self.new_blocks(uid, t.numel()) for uid, t in zip(uids, tokens, strict=True))
         free = self.free_kv_blocks
+        if need > free:
+            raise EngineError(
+                f"KV cache full: this step needs {need} more blocks, {free} are free; "
+                "raise --kv-cache-gb or lower --max-batch-size"
+            )
+        logits = self._engine.put(uids, tokens, do_checks=False)
         for uid, t in zip(uids, tokens, strict=True):
-            fit, blocks = self._engine.query(uid, t.numel(), free)
-            if fit != t.numel():
-                raise EngineError(
-                    f"KV cache full: uid {uid} needs {t.numel()} more tokens, {fit} fit "
-                    f"({free} free blocks); raise --kv-cache-gb or lower --max-batch-size"
-                )
-            free -= int(blocks)
-        return self._engine.put(uids, tokens, do_checks=False)
+            self._lengths[uid] = self._lengths.get(uid, 0) + t.numel()
+        return logits
 
     def release(self, uid: int) -> None:
         if self._lengths.pop(uid, None) is not None:
@@ -322,6 +334,7 @@ class FastGenEngine(Engine):
             "max_batch_tokens": self.settings.max_batch_tokens,
             "kv_cache_blocks": self.kv_blocks_total,
             "kv_cache_free_blocks": self.free_kv_blocks,
+            "rope": self.rope,
             "load_s": self.load_s,
         }
 
