@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from tpserve.api import _data, _text_chunk_template
+from tpserve.api.sse import sse_data, text_chunk_template
 from tpserve.scheduler import Event
 
 
-def _completion_chunk(ev: Event) -> dict[str, Any]:  # the shapes api.py streams
+def _completion_chunk(ev: Event) -> dict[str, Any]:  # the shapes tpserve.api streams
     choice = {"index": 0, "text": ev.text, "finish_reason": ev.finish_reason, "logprobs": None}
     return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m", "choices": [choice]}
 
@@ -27,14 +27,14 @@ def test_text_chunk_template_is_byte_identical() -> None:
     texts = ["x", '"', "\\", "\u0000", "\u0000tpserve-text\u0000"]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(500)]
     for to_chunk in (_completion_chunk, _chat_chunk):
-        fast = _text_chunk_template(to_chunk)
+        fast = text_chunk_template(to_chunk)
         assert fast is not None
         for text in texts:
-            assert fast(text) == _data(to_chunk(Event(text=text))), text
+            assert fast(text) == sse_data(to_chunk(Event(text=text))), text
 
 
 def test_template_refused_when_marker_is_not_unique() -> None:
     def twice(ev: Event) -> dict[str, Any]:
         return {"a": ev.text, "b": ev.text}
 
-    assert _text_chunk_template(twice) is None
+    assert text_chunk_template(twice) is None

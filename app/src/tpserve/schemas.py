@@ -1,4 +1,4 @@
-"""Request/response bodies (pydantic). Limits that depend on the CLI are checked in api.py."""
+"""Request/response bodies (pydantic). Limits that depend on the CLI are checked in tpserve.api.guards."""
 
 from __future__ import annotations
 

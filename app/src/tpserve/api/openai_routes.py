@@ -1,0 +1,137 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from tpserve.api.errors import APIError
+from tpserve.api.generation import collect, sampling_params, usage
+from tpserve.api.guards import Guards
+from tpserve.api.sse import sse_response
+from tpserve.scheduler import Event
+from tpserve.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
+from tpserve.service import Service
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every body of one OpenAI response shares (id, object, created, model), around one
+    choice whose payload sits under `key`: "text" (completions), "delta" (chat chunks) or
+    "message" (a whole chat completion)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    key: str
+
+    def head(self) -> dict[str, Any]:
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+
+    def choice(self, payload: Any, finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, self.key: payload, "finish_reason": finish, "logprobs": None}
+        return {**self.head(), "choices": [choice]}
+
+    def stream(
+        self,
+        events: AsyncIterator[Event],
+        stream_options: StreamOptions | None,
+        payload: Callable[[Event], Any],
+        first: Any = None,
+    ) -> StreamingResponse:
+        """SSE: a chunk with `first` as payload (if any), one per event with `payload(event)`, and
+        the usage chunk (no choices) when `stream_options.include_usage` asks for it."""
+        return sse_response(
+            events,
+            lambda ev: self.choice(payload(ev), ev.finish_reason),
+            None if first is None else self.choice(first, None),
+            lambda use: {**self.head(), "choices": [], "usage": use},
+            bool(stream_options and stream_options.include_usage),
+        )
+
+
+def openai_router(service: Service, guards: Guards) -> APIRouter:
+    cfg = service.config
+    router = APIRouter(dependencies=[Depends(guards.authorize)])
+
+    def envelope(prefix: str, object_: str, key: str) -> Envelope:
+        return Envelope(f"{prefix}-{uuid.uuid4().hex}", object_, int(time.time()), cfg.served_model_name, key)
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": cfg.served_model_name,
+                    "object": "model",
+                    "created": int(service.started),
+                    "owned_by": "tpserve",
+                }
+            ],
+        }
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Any:
+        guards.openai_checks(body)
+        token_ids = bool(body.prompt) and all(isinstance(t, int) for t in body.prompt)
+        prompts = [body.prompt] if isinstance(body.prompt, str) or token_ids else body.prompt
+        if len(prompts) != 1:
+            raise APIError(
+                400, "exactly one prompt per request is supported", param="prompt", code="unsupported_value"
+            )
+        if token_ids:  # token ids as the prompt (OpenAI allows it; exact lengths for benchmarks)
+            vocab = len(service.tokenizer)
+            if any(not 0 <= int(t) < vocab for t in prompts[0]):
+                raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        guards.admit()
+        n_max = guards.max_new(body.max_tokens, "max_tokens")
+        ids = [int(t) for t in prompts[0]] if token_ids else service.encode_text(str(prompts[0]))
+        guards.check_prompt(ids, n_max)
+        req = service.new_request(ids, sampling_params(body, n_max, 1.0), "/v1/completions")
+        out = envelope("cmpl", "text_completion", "text")
+        prefix = (service.decode(ids) if token_ids else str(prompts[0])) if body.echo else ""
+        if body.stream:
+            return out.stream(service.events(req), body.stream_options, lambda ev: ev.text)
+        text, final = await collect(service.events(req), cfg.request_timeout_s)
+        return {**out.choice(prefix + text, final.finish_reason), "usage": usage(final).model_dump()}
+
+    @router.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest) -> Any:
+        guards.openai_checks(body)
+        try:
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
+            ]
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="messages", code="unsupported_value") from None
+        guards.admit()
+        n_max = guards.max_new(
+            body.max_completion_tokens or body.max_tokens,
+            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+        )
+        ids = service.encode_chat(messages)
+        guards.check_prompt(ids, n_max)
+        req = service.new_request(ids, sampling_params(body, n_max, 1.0), "/v1/chat/completions")
+        out = envelope("chatcmpl", "chat.completion.chunk", "delta")
+        if body.stream:
+            return out.stream(
+                service.events(req),
+                body.stream_options,
+                lambda ev: {"content": ev.text} if ev.text else {},
+                first={"role": "assistant", "content": ""},
+            )
+        text, final = await collect(service.events(req), cfg.request_timeout_s)
+        whole = replace(out, object="chat.completion", key="message")
+        message = {"role": "assistant", "content": text}
+        return {**whole.choice(message, final.finish_reason), "usage": usage(final).model_dump()}
+
+    return router
