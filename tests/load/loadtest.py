@@ -20,8 +20,13 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+
+# One percentile for the benchmark and the load test: bench/loadgen.py's.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from loadgen import pct
 
 
 @dataclass
@@ -29,14 +34,6 @@ class Outcome:
     status: str  # "200", "429", ..., "timeout", "error:<Exception>"
     seconds: float
     ok: bool
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def one_request(client: httpx.AsyncClient, args: argparse.Namespace, i: int) -> Outcome:
@@ -103,8 +100,8 @@ async def run(args: argparse.Namespace) -> dict:
         "answered": len(outcomes),
         "failed": sum(not o.ok for o in outcomes),
         "by_status": dict(sorted(counts.items())),
-        "p50_s": round(percentile(latencies, 50), 3),
-        "p99_s": round(percentile(latencies, 99), 3),
+        "p50_s": round(pct(latencies, 50), 3),
+        "p99_s": round(pct(latencies, 99), 3),
         "mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
         "wall_s": round(wall, 1),
         "throughput_rps": round(len(outcomes) / wall, 2) if wall else None,
