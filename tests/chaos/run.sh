@@ -151,23 +151,24 @@ scenario_master_reboot() {
   fi
 }
 
+# run_node_down LOG PLAYBOOK PATTERN: run PLAYBOOK (900 s at most) while VICTIM is down, output to
+# LOG; prints "RC SECONDS NAMED", NAMED = yes when a LOG line matching PATTERN names VICTIM.
+run_node_down() {
+  local log=$1 pb=$2 pattern=$3 t0=${SECONDS} rc=0 named=no
+  timeout 900 ansible-playbook -i "${INVENTORY}" "${pb}" >"${log}" 2>&1 || rc=$?
+  if grep -q "${VICTIM}" <(grep -E "${pattern}" "${log}"); then named=yes; fi
+  printf '%s %s %s\n' "${rc}" "$((SECONDS - t0))" "${named}"
+}
+
 scenario_worker_down() {
   ensure_serving
-  local t0 rc s_serve s_smoke s_restore named_serve=no named_smoke=no
+  local t0 rc s_serve s_smoke s_restore named_serve named_smoke serve_rc smoke_rc
   podman stop -t 5 "$(container_of "${VICTIM}")" >/dev/null
   say "worker-down: ${VICTIM} stopped"
-  t0=${SECONDS}
-  rc=0
-  timeout 900 ansible-playbook -i "${INVENTORY}" serve.yml >"${LOGS}/serve-node-down.log" 2>&1 || rc=$?
-  s_serve=$((SECONDS - t0))
-  grep -q "${VICTIM}" <(grep -E "UNREACHABLE|fatal|FAILED|unreachable=1" "${LOGS}/serve-node-down.log") && named_serve=yes
-  local serve_rc=${rc}
-  t0=${SECONDS}
-  rc=0
-  timeout 900 ansible-playbook -i "${INVENTORY}" smoketest.yml >"${LOGS}/smoke-node-down.log" 2>&1 || rc=$?
-  s_smoke=$((SECONDS - t0))
-  grep -q "${VICTIM}" <(grep -E "UNREACHABLE|fatal|FAILED|failed|unreachable" "${LOGS}/smoke-node-down.log") && named_smoke=yes
-  local smoke_rc=${rc}
+  read -r serve_rc s_serve named_serve < <(run_node_down "${LOGS}/serve-node-down.log" serve.yml \
+    "UNREACHABLE|fatal|FAILED|unreachable=1")
+  read -r smoke_rc s_smoke named_smoke < <(run_node_down "${LOGS}/smoke-node-down.log" smoketest.yml \
+    "UNREACHABLE|fatal|FAILED|failed|unreachable")
   local t_start changes
   t_start=${SECONDS}
   podman start "$(container_of "${VICTIM}")" >/dev/null
