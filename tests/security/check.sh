@@ -50,6 +50,15 @@ static_checks() {
   done)
   [[ -z ${hits} ]] && pass "task files writing secret.env / HF_TOKEN use no_log" ||
     fail "secret written without no_log in: ${hits}"
+  # No secret travels through a task's `environment:` (Ansible puts it on the command line it runs,
+  # visible in ps): API keys and tokens go in 0600 files (smoketest --api-key-file, HF_TOKEN_PATH).
+  local py=python3
+  [[ -x .venv/bin/python ]] && py=.venv/bin/python
+  if hits=$("${py}" tests/security/secret_env.py "${paths[@]}" 2>&1); then
+    pass "no task passes an API key, token or password through environment:"
+  else
+    fail "secret passed through environment: (use a 0600 file):"$'\n'"${hits}"
+  fi
 }
 
 live_checks() {

@@ -440,12 +440,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--report", required=True, type=Path)
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="file holding the API key (keep it 0600); default: env TPSERVE_API_KEY, else none",
+    )
     return p.parse_args(argv)
+
+
+def api_key(path: Path | None) -> str:
+    """The API key: the first line of PATH when given (never argv), else env TPSERVE_API_KEY."""
+    if path is None:
+        return os.environ.get("TPSERVE_API_KEY", "")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SystemExit(f"smoke: cannot read --api-key-file {path}: {exc.strerror}") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise SystemExit(f"smoke: --api-key-file {path} is empty")
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    key = os.environ.get("TPSERVE_API_KEY", "")
+    key = api_key(args.api_key_file)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     report = Report(
         inventory=args.inventory,
