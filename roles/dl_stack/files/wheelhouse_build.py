@@ -5,10 +5,14 @@ The wheelhouse holds a wheel for every line of the lock (binary wheels downloade
 *nodes'* platform, source-only packages such as deepspeed built with --no-build-isolation
 against the controller's interpreter) plus the tpserve wheel built from app/.
 
+--extra-requirement adds pinned lines on top of the lock (dl_stack passes the CUDA-only ones, such
+as deepspeed-kernels, on CUDA clusters); they are downloaded like lock lines and appended to the
+wheelhouse's copy of the lock, which is what the nodes install and verify against.
+
 A key (sha256 over the lock, the app's wheel inputs (pyproject.toml, README.md, src/) and every
-setting) is written to <out>/wheelhouse.json; when it matches and every listed file is intact
-nothing is done (changed=false). With --check nothing is built: the result only says whether
-it would be.
+setting, extra requirements included) is written to <out>/wheelhouse.json; when it matches and
+every listed file is intact nothing is done (changed=false). With --check nothing is built: the
+result only says whether it would be.
 """
 
 from __future__ import annotations
@@ -73,6 +77,20 @@ def lock_lines(lock: Path) -> list[str]:
         if line:
             lines.append(line)
     return lines
+
+
+def node_lock(lock: Path, extras: list[str]) -> str:
+    """The lock the nodes install: the app's lock, plus the extra lines when there are any."""
+    text = lock.read_text()
+    if not extras:
+        return text
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return (
+        text
+        + "# dl_stack: extra requirements for this cluster's accelerator\n"
+        + "".join(f"{line}\n" for line in extras)
+    )
 
 
 def platforms(args: argparse.Namespace) -> list[str]:
@@ -201,7 +219,7 @@ def build(args: argparse.Namespace, key: str, lines: list[str], log: list[str]) 
         app_wheel = built[-1].name if built else ""
         # setuptools leaves build/ and *.egg-info next to the sources: not ours to keep.
         shutil.rmtree(app_dir / "build", ignore_errors=True)
-    shutil.copyfile(args.lock, staging / LOCK_COPY)
+    (staging / LOCK_COPY).write_text(node_lock(Path(args.lock), args.extra_requirement))
     files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
     (staging / SUMS_FILE).write_text("".join(f"{sha}  {name}\n" for name, sha in files.items()))
     state = {
@@ -239,13 +257,22 @@ def main() -> int:
     parser.add_argument("--find-links", action="append", default=[])
     parser.add_argument("--source-build", action="append", default=[])
     parser.add_argument("--torch-spec", default="")
+    parser.add_argument(
+        "--extra-requirement",
+        action="append",
+        default=[],
+        help="pinned requirement added to the lock (repeatable), e.g. deepspeed-kernels==...",
+    )
     parser.add_argument("--pip-python", default=sys.executable)
     parser.add_argument("--check", action="store_true", help="report only, build nothing")
     args = parser.parse_args()
 
     lock = Path(args.lock)
-    lines = lock_lines(lock)
+    lines = lock_lines(lock) + [line.strip() for line in args.extra_requirement if line.strip()]
     settings = {k: v for k, v in vars(args).items() if k not in {"check", "out", "pip_python"}}
+    # No extras (CPU clusters): the key stays what it was before the option existed.
+    if not args.extra_requirement:
+        del settings["extra_requirement"]
     settings["lock_sha256"] = sha256_file(lock)
     # Only what goes into the tpserve wheel: build config + sources (not tests or caches).
     app_dir = Path(args.app_dir)
