@@ -111,6 +111,17 @@ def _wait(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def _healthy_replicas(router: Server) -> int:
+    return httpx.get(f"{router.url}/health").json()["healthy_replicas"]
+
+
+def _answering(router: Server, requests: int = 4) -> set[str]:
+    """The replicas that answer `requests` /generate calls through the router."""
+    return {
+        httpx.post(f"{router.url}/generate", json={"prompt": "x"}).json()["replica"] for _ in range(requests)
+    }
+
+
 def test_round_robin_and_passthrough(replicas) -> None:
     router = _router([s.url for _, s in replicas])
     try:
@@ -145,18 +156,12 @@ def test_health_lists_replicas_and_skips_unhealthy(replicas) -> None:
         assert [r["health"]["name"] for r in health["replicas"]] == ["a", "b"]
 
         app_a.state.healthy = False
-        _wait(lambda: httpx.get(f"{router.url}/health").json()["healthy_replicas"] == 1)
-        names = {
-            httpx.post(f"{router.url}/generate", json={"prompt": "x"}).json()["replica"] for _ in range(4)
-        }
-        assert names == {"b"}
+        _wait(lambda: _healthy_replicas(router) == 1)
+        assert _answering(router) == {"b"}
 
         app_a.state.healthy = True
-        _wait(lambda: httpx.get(f"{router.url}/health").json()["healthy_replicas"] == 2)
-        names = {
-            httpx.post(f"{router.url}/generate", json={"prompt": "x"}).json()["replica"] for _ in range(4)
-        }
-        assert names == {"a", "b"}
+        _wait(lambda: _healthy_replicas(router) == 2)
+        assert _answering(router) == {"a", "b"}
         assert server_b.url in {r["url"] for r in httpx.get(f"{router.url}/health").json()["replicas"]}
     finally:
         router.stop()
