@@ -6,13 +6,17 @@ folder; the engines run in subprocesses under the DeepSpeed launcher (TP=1, and 
 host has 2 GPUs) through tpserve's Engine interface (tpserve.engines.create), exactly as the
 server calls them. Reference: transformers in float32 on GPU 0.
 
-Tolerances (stated, checked):
-- first-step logits, relative L2 error ||engine - ref|| / ||ref||: fastgen (fp16 activations)
-  < 2e-2; autotp float32 < 1e-3;
-- 16 greedy tokens of 3 sequences decoded in one batch (prompts of 32, 7 and 2100 tokens; the
-  last is chunked by fastgen, whose step budget is 2048 tokens): identical to the reference,
-  except that a sequence may diverge at a step where the reference's top-2 logit margin is below
-  0.05 (a near tie that fp16 rounding may flip), after which it is no longer compared.
+Method: teacher forcing. transformers (float32, GPU 0) greedily decodes 16 tokens for each of 3
+prompts (32, 7 and 2100 tokens); the engine decodes the same 3 sequences in ONE batch, fed the
+reference's tokens, so its logits at every step are comparable with the reference's (a free-running
+comparison stops meaning anything after the first fp16 near-tie flips a token). The 2100-token
+prompt is chunked by fastgen (2048-token step budget: 2009 + 91 tokens beside the short prompts).
+
+Tolerances (stated, checked at each of the 16 steps of each sequence):
+- relative L2 error of the logits ||engine - ref|| / ||ref||: fastgen (fp16 activations) < 2e-2;
+  autotp float32 < 1e-3;
+- the engine's greedy token equals the reference's wherever the reference's top-2 margin is at least
+  0.25 logits for fastgen (fp16: seen per-logit errors up to ~0.1) and 0.01 for autotp (float32).
 - The 2100-token prompt was off before tpserve gave FastGen float32 rotary frequencies (rel. error
   0.32, H200, 2026-11-21: DeepSpeed rounds them to fp16, see tpserve.engines.fastgen_rope); the
   test also checks that the engine reports the float32 path.
@@ -32,7 +36,8 @@ from pathlib import Path
 import pytest
 import torch
 
-NEAR_TIE = 0.05
+NEAR_TIE = {"fastgen": 0.25, "autotp": 0.01}
+REL_TOL = {"fastgen": 2e-2, "autotp": 1e-3}
 STEPS = 16
 PROMPT_LENS = (32, 7, 2100)
 
@@ -103,12 +108,12 @@ def reference(model_dir: Path) -> dict:
                 do_sample=False,
                 eos_token_id=None,
                 pad_token_id=0,
-                output_scores=True,
+                output_logits=True,
                 return_dict_in_generate=True,
             )
-            scores = torch.stack(gen.scores)[:, 0].float()  # [steps, vocab]
-            top2 = scores.topk(2, dim=-1).values
-            out["logits"].append(scores[0].cpu())
+            logits = torch.stack(gen.logits)[:, 0].float().cpu()  # [steps, vocab], raw
+            top2 = logits.topk(2, dim=-1).values
+            out["logits"].append(logits)
             out["tokens"].append(gen.sequences[0, len(prompt) :].tolist())
             out["margins"].append((top2[:, 0] - top2[:, 1]).tolist())
     del model
@@ -116,8 +121,10 @@ def reference(model_dir: Path) -> dict:
     return out
 
 
-def _run_engine(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path) -> dict:
-    result = tmp_path / f"{engine}-tp{tp}.json"
+def _run_engine(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path, forced: list) -> dict:
+    result = tmp_path / f"{engine}-tp{tp}.pt"
+    forced_path = tmp_path / "forced.json"
+    forced_path.write_text(json.dumps(forced))
     env = dict(os.environ)
     env["TORCH_CUDA_ARCH_LIST"] = "{}.{}".format(*torch.cuda.get_device_capability(0))  # no "9.0a"
     env.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -125,42 +132,47 @@ def _run_engine(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Pat
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(tp),
-        "--master_port", str(_free_port()), __file__, str(model_dir), engine, dtype, str(result),
+        "--master_port", str(_free_port()), __file__, str(model_dir), engine, dtype, str(forced_path),
+        str(result),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"{engine} tp={tp} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    data = json.loads(result.read_text())
-    data["logits"] = [torch.tensor(x) for x in data["logits"]]
-    return data
+    return torch.load(result, weights_only=False)  # our own file: tensors and plain dicts
 
 
 _RUNS: dict[tuple[str, int], dict] = {}
 
 
-def _engine_result(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path) -> dict:
+def _engine_result(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path, ref: dict) -> dict:
     """One subprocess run per (engine, tp) for all tests of this module."""
     if (engine, tp) not in _RUNS:
-        _RUNS[(engine, tp)] = _run_engine(model_dir, engine, tp, dtype, tmp_path)
+        _RUNS[(engine, tp)] = _run_engine(model_dir, engine, tp, dtype, tmp_path, ref["tokens"])
     return _RUNS[(engine, tp)]
 
 
-def _compare(
-    got: dict, ref: dict, rel_tol: float, label: str, seqs: tuple[int, ...] = (0, 1, 2)
-) -> list[str]:
+def _compare(got: dict, ref: dict, engine: str, label: str, seqs: tuple[int, ...]) -> list[str]:
+    """Every step of every sequence in `seqs`: logits within REL_TOL, the same greedy token unless
+    the reference's top-2 margin is below NEAR_TIE."""
     report = []
-    for i, (lg, lr) in enumerate(zip(got["logits"], ref["logits"], strict=True)):
-        if i not in seqs:
-            continue
-        rel = float((lg - lr).norm() / lr.norm())
-        assert rel < rel_tol, f"{label} seq {i}: first-step logits rel error {rel:.2e} >= {rel_tol}"
-        toks, ref_toks, margins = got["tokens"][i], ref["tokens"][i], ref["margins"][i]
-        same = next((k for k, (a, b) in enumerate(zip(toks, ref_toks, strict=True)) if a != b), STEPS)
-        if same < STEPS:
-            assert margins[same] < NEAR_TIE, (
-                f"{label} seq {i}: token {same} differs ({toks[same]} vs {ref_toks[same]}) although the "
-                f"reference margin there is {margins[same]:.3f} >= {NEAR_TIE}"
-            )
-        report.append(f"{label} seq{i} (prompt {PROMPT_LENS[i]}): rel {rel:.1e}, {same}/{STEPS} tokens equal")
+    for i in seqs:
+        worst, worst_abs, agree, compared = 0.0, 0.0, 0, 0
+        for step in range(STEPS):
+            lg, lr = got["logits"][i][step].float(), ref["logits"][i][step]
+            rel = float((lg - lr).norm() / lr.norm())
+            worst, worst_abs = max(worst, rel), max(worst_abs, float((lg - lr).abs().max()))
+            assert rel < REL_TOL[engine], f"{label} seq {i} step {step}: logits rel error {rel:.2e}"
+            if ref["margins"][i][step] >= NEAR_TIE[engine]:
+                compared += 1
+                a, b = int(lg.argmax()), ref["tokens"][i][step]
+                assert a == b, (
+                    f"{label} seq {i} step {step}: greedy token {a} != reference {b} although the "
+                    f"reference's top-2 margin is {ref['margins'][i][step]:.3f} >= {NEAR_TIE[engine]}"
+                )
+                agree += 1
+        report.append(
+            f"{label} seq{i} (prompt {PROMPT_LENS[i]}): worst rel {worst:.1e}, worst |d| {worst_abs:.3f}, "
+            f"greedy equal at {agree}/{compared} steps with margin >= {NEAR_TIE[engine]} (of {STEPS})"
+        )
     print("\n".join(report))
     return report
 
@@ -173,12 +185,12 @@ def _tp_sizes() -> list[int]:
 @pytest.mark.parametrize("tp", _tp_sizes())
 def test_fastgen_matches_transformers(model_dir: Path, reference: dict, tp: int, tmp_path: Path) -> None:
     """Short prompts (32 and 7 tokens) in one batch with a long one."""
-    got = _engine_result(model_dir, "fastgen", tp, "auto", tmp_path)
+    got = _engine_result(model_dir, "fastgen", tp, "auto", tmp_path, reference)
     assert got["describe"]["tp_size"] == tp
     print(f"fastgen tp={tp} weight report: {got['weight_report']}")
     assert abs(got["weight_report"]["linear_fraction"] - 1 / tp) < 0.25 / tp, got["weight_report"]
     assert got["kv_mismatch"] == [], got["kv_mismatch"]
-    _compare(got, reference, 2e-2, f"fastgen tp={tp}", seqs=(0, 1))
+    _compare(got, reference, "fastgen", f"fastgen tp={tp}", seqs=(0, 1))
 
 
 @pytest.mark.slow
@@ -187,20 +199,20 @@ def test_fastgen_long_prompt_matches_transformers(
     model_dir: Path, reference: dict, tp: int, tmp_path: Path
 ) -> None:
     """2100 tokens, prefilled in two forwards (2009 + 91) beside the short prompts."""
-    got = _engine_result(model_dir, "fastgen", tp, "auto", tmp_path)
+    got = _engine_result(model_dir, "fastgen", tp, "auto", tmp_path, reference)
     assert got["describe"]["rope"] == "float32 frequencies", got["describe"]
-    _compare(got, reference, 2e-2, f"fastgen tp={tp} long prompt", seqs=(2,))
+    _compare(got, reference, "fastgen", f"fastgen tp={tp} long prompt", seqs=(2,))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tp", _tp_sizes())
 def test_autotp_matches_transformers(model_dir: Path, reference: dict, tp: int, tmp_path: Path) -> None:
-    got = _engine_result(model_dir, "autotp", tp, "float32", tmp_path)
-    _compare(got, reference, 1e-3, f"autotp tp={tp}")
+    got = _engine_result(model_dir, "autotp", tp, "float32", tmp_path, reference)
+    _compare(got, reference, "autotp", f"autotp tp={tp}", seqs=(0, 1, 2))
 
 
 # -- the rank process (run by the DeepSpeed launcher, one per GPU) ----------------------------
-def _rank_main(model_dir: str, engine_name: str, dtype: str, result: str) -> None:
+def _rank_main(model_dir: str, engine_name: str, dtype: str, forced_path: str, result: str) -> None:
     import deepspeed
 
     from tpserve.engines import create
@@ -217,7 +229,7 @@ def _rank_main(model_dir: str, engine_name: str, dtype: str, result: str) -> Non
             model_dir=model_dir, dtype=dtype, tp_size=world, device="cuda", max_batch_size=4, dist=info
         ),
     )
-    prompts = _prompts()
+    forced = json.loads(Path(forced_path).read_text())  # the reference's tokens: teacher forcing
     uids = [11, 12, 13]
     kv_mismatch: list[str] = []
 
@@ -231,30 +243,25 @@ def _rank_main(model_dir: str, engine_name: str, dtype: str, result: str) -> Non
             if int(theirs) != ours:
                 kv_mismatch.append(f"uid {uid} +{n}: deepspeed {int(theirs)}, ours {ours}")
 
-    logits = engine.forward(uids, prompts)
-    first = [logits[i].float().cpu().tolist() for i in range(len(uids))]
-    tokens: list[list[int]] = [[] for _ in uids]
+    steps = []
+    logits = engine.forward(uids, _prompts())
     for step in range(STEPS):
-        nxt = logits.float().argmax(dim=-1).tolist()
-        for i, t in enumerate(nxt):
-            tokens[i].append(t)
+        steps.append(logits.float().cpu())
         if step < STEPS - 1:
             check_kv_arithmetic(1)
-            logits = engine.forward(uids, [[t] for t in nxt])
+            logits = engine.forward(uids, [[forced[i][step]] for i in range(len(uids))])
     check_kv_arithmetic(200)
     for uid in uids:
         engine.release(uid)
     if rank == 0:
-        Path(result).write_text(
-            json.dumps(
-                {
-                    "logits": first,
-                    "tokens": tokens,
-                    "describe": engine.describe(),
-                    "weight_report": engine.weight_report(),
-                    "kv_mismatch": kv_mismatch,
-                }
-            )
+        torch.save(
+            {
+                "logits": torch.stack(steps, dim=1),  # [sequence, step, vocab]
+                "describe": engine.describe(),
+                "weight_report": engine.weight_report(),
+                "kv_mismatch": kv_mismatch,
+            },
+            result,
         )
 
 

@@ -1,9 +1,10 @@
 """Process groups: DeepSpeed's data plane (gloo/NCCL) and a gloo control channel with a timeout.
 
-The control channel carries the scheduler's steps from rank 0 to every rank
-(over gloo, also on CUDA: one pre-sized int64 tensor per step, see tpserve.stepwire).
-Its timeout is the heartbeat timeout: an idle rank 0 broadcasts a no-op heartbeat every few
-seconds, so a rank that waits longer than the timeout knows a peer died.
+The control channel carries the scheduler's steps from rank 0 to every rank: through a
+shared-memory mailbox when all ranks share a host (tpserve.mailbox), else over gloo (also on CUDA:
+one pre-sized int64 tensor per step, see tpserve.stepwire). Its timeout is the heartbeat timeout:
+an idle rank 0 broadcasts a no-op heartbeat every few seconds, so a rank that waits longer than
+the timeout knows a peer died.
 Any collective error is fatal (see `fatal`).
 """
 
@@ -18,8 +19,14 @@ from typing import Any
 
 from tpserve import stepwire
 from tpserve.engines.base import DistInfo
+from tpserve.mailbox import Mailbox
 
 log = logging.getLogger("tpserve.dist")
+#: int64 slots of the mailbox's payload (512 KiB): larger step messages (long prompts) go over gloo.
+MAILBOX_CAPACITY = 1 << 16
+#: How long a rank busy-polls the mailbox before sleep-polling: rank 1 waits there while rank 0
+#: samples and streams (~0.1-1 ms on GPU); polling longer would only burn a core while idle.
+MAILBOX_SPIN_S = 0.005
 
 
 def dist_info_from_env() -> DistInfo:
@@ -46,19 +53,38 @@ def fatal(message: str, code: int = 1) -> None:
 class Channel:
     """Rank-0 → all broadcast and all-gather; a no-op loopback when world_size == 1."""
 
-    def __init__(self, info: DistInfo, group: Any = None) -> None:
+    def __init__(
+        self, info: DistInfo, group: Any = None, mailbox: Mailbox | None = None, timeout_s: float = 30.0
+    ) -> None:
         self.info = info
         self.group = group
+        self.mailbox = mailbox
+        self.timeout_s = timeout_s
         self._buf: Any = None  # the pre-sized int64 message buffer (torch imported lazily)
 
     def broadcast(self, message: Any = None) -> Any:
-        """Rank 0 sends `message`, every other rank returns it (see tpserve.stepwire for the format).
+        """Rank 0 sends `message`, every other rank returns it.
 
-        Step/heartbeat/shutdown dicts of ints: ONE broadcast of a pre-sized int64 tensor (a second
-        one for a prompt longer than the buffer); anything else: that header, then a pickle.
+        Ranks on one host: through the shared-memory mailbox (tpserve.mailbox), except messages too
+        big for it. Otherwise over gloo: see `_gloo_broadcast`.
         """
         if self.info.world_size == 1:
             return message
+        box = self.mailbox
+        if box is None:
+            return self._gloo_broadcast(message)
+        if self.info.rank == 0:
+            ints = stepwire.encode(message)
+            fits = ints is not None and len(ints) <= box.capacity
+            box.send(ints if fits else None, self.timeout_s, MAILBOX_SPIN_S)
+            return message if fits else self._gloo_broadcast(message)
+        ints = box.receive(self.timeout_s, MAILBOX_SPIN_S)
+        return stepwire.decode(ints) if ints is not None else self._gloo_broadcast(None)
+
+    def _gloo_broadcast(self, message: Any = None) -> Any:
+        """Step/heartbeat/shutdown dicts of ints: ONE broadcast of a pre-sized int64 tensor (a second
+        one for a prompt longer than the buffer); anything else: that header, then a pickle
+        (see tpserve.stepwire for the format)."""
         import torch
         import torch.distributed as tdist
 
@@ -128,17 +154,56 @@ def init(info: DistInfo, device: str, heartbeat_timeout_s: float, startup_timeou
         dscomm.comm.cdb.shm_vector_kernel_level = 0
         log.info("ranks span hosts: DeepSpeed shm all-reduce disabled (not built), gloo all-reduce used")
     group = tdist.new_group(backend="gloo", timeout=dt.timedelta(seconds=heartbeat_timeout_s))
+    mailbox = attach_mailbox(info, group) if info.single_host else None
     log.info(
-        "rank %d/%d (local %d/%d on %s) joined; data plane %s, control gloo (timeout %.0f s)",
+        "rank %d/%d (local %d/%d on %s) joined; data plane %s, control %s (timeout %.0f s)",
         info.rank,
         info.world_size,
         info.local_rank,
         info.local_size,
         info.host,
         backend,
+        "shared-memory mailbox" if mailbox else "gloo",
         heartbeat_timeout_s,
     )
-    return Channel(info, group)
+    return Channel(info, group, mailbox, heartbeat_timeout_s)
+
+
+def attach_mailbox(info: DistInfo, group: Any) -> Mailbox | None:
+    """Rank 0 creates the mailbox file, the others map it, rank 0 unlinks it (nothing left behind).
+
+    Every rank learns whether all of them could map it (all-gather); if one could not (no writable
+    /dev/shm in its sandbox, say), all use gloo.
+    """
+    import torch.distributed as tdist
+
+    path = "/dev/shm/tpserve-ctl-{}-{}-{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    )
+    box: Mailbox | None = None
+    problem = ""
+    if info.rank == 0:
+        try:
+            box = Mailbox(path, info.world_size, 0, MAILBOX_CAPACITY, create=True)
+        except OSError as exc:
+            problem = f"rank 0 cannot create {path}: {exc}"
+    created: list[Any] = [None] * info.world_size
+    tdist.all_gather_object(created, problem, group=group)
+    problem = created[0]
+    if info.rank != 0 and not problem:
+        try:
+            box = Mailbox(path, info.world_size, info.rank, MAILBOX_CAPACITY, create=False)
+        except OSError as exc:
+            problem = f"rank {info.rank} cannot map {path}: {exc}"
+    mapped: list[Any] = [None] * info.world_size
+    tdist.all_gather_object(mapped, problem, group=group)
+    if info.rank == 0 and box is not None:
+        box.unlink()
+    problems = [p for p in mapped if p]
+    if problems:
+        log.warning("control messages over gloo: %s", "; ".join(problems))
+        return None
+    return box
 
 
 def unlink_own_shm_buffer(info: DistInfo) -> bool:
