@@ -48,6 +48,9 @@ class Event:
 _uids = itertools.count(1)
 PHASES = ("schedule", "broadcast", "forward", "sample", "emit")
 PHASE_FLUSH_STEPS = 16
+#: A step with more events than this hands them to the HTTP loop right after the NEXT step's
+#: launch (see _step): one step later, but the loop's work then overlaps the GPU's. Fewer go at once.
+DELIVER_NOW_MAX = 8
 
 
 class Request:
@@ -161,8 +164,8 @@ class Scheduler:
         while True:
             self._reap()
             self._admit()
-            self._deliver()
             if not self.active:
+                self._deliver()
                 self._flush_phases()
                 if self._shutdown.is_set() and self.pending.empty() and self._held is None:
                     self._broadcast({"op": "shutdown"})
@@ -248,6 +251,10 @@ class Scheduler:
         logits = self._broadcast({"op": "step", "uids": uids, "chunks": chunks})
         self.steps += 1
         assert logits is not None
+        # Events held back from the last step go out now: the HTTP event loop streams them while this
+        # thread waits for the GPU (sample_batch releases the GIL), instead of taking the GIL in the
+        # middle of the next step's kernel launches.
+        self._deliver()
         t1 = time.perf_counter()
         # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
         # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
@@ -258,7 +265,8 @@ class Scheduler:
             req.prefilled = True
             self._on_token(req, token, now)
         self.metrics.output_tokens.inc(len(batch))
-        self._deliver()  # one event-loop wake-up for every stream's new text of this step
+        if len(self._outbox) <= DELIVER_NOW_MAX:
+            self._deliver()  # few streams: one event-loop wake-up now (lowest latency)
         self._step_end = time.perf_counter()
         phase["sample"] += t2 - t1
         phase["emit"] += self._step_end - t2

@@ -245,7 +245,7 @@ class FastGenEngine(Engine):
     # -- steps ----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
-        tokens = [_as_tensor(t) for t in chunks]
+        tokens = _as_tensors(chunks)
         if len(uids) != len(tokens) or any(t.numel() == 0 for t in tokens):
             raise ValueError("forward needs one non-empty chunk per uid")
         for uid, t in zip(uids, tokens, strict=True):
@@ -383,6 +383,15 @@ def _v2_parameters(model: Any) -> list[torch.Tensor]:
             if isinstance(value, torch.Tensor) and value.is_cuda:
                 out.append(value)
     return out
+
+
+def _as_tensors(chunks: Sequence[Sequence[int] | torch.Tensor]) -> list[torch.Tensor]:
+    """One host tensor per chunk; lists of ints (the scheduler's) become ONE tensor split into views
+    (64 separate torch.tensor calls per decode step cost ~0.2 ms of rank 0's launch thread)."""
+    if any(isinstance(c, torch.Tensor) for c in chunks):
+        return [_as_tensor(c) for c in chunks]
+    flat = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
+    return list(flat.split([len(c) for c in chunks]))
 
 
 def _as_tensor(tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
