@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end on the local lab (first version):
-#   lab up -> site.yml -> site.yml again (changed=0 on every host) -> site.yml --check --diff
-#   (changed=0, failed=0) -> serve.yml (tp_across_nodes) twice (changed=0) -> smoketest.yml
+# End-to-end on the local lab:
+#   lab up -> site.yml -> serve.yml (tp_across_nodes) twice (changed=0) -> smoketest.yml
+#   -> node rebuild: the last worker's container is destroyed and recreated by lab.sh (new host
+#      keys) -> site.yml --limit <it> (the others' /etc/hosts unchanged, the master's known_hosts
+#      holds its new ed25519 key, pdsh from the master as the service user reaches every node
+#      once, its model matches MANIFEST.sha256)
+#   -> site.yml again (changed=0 on every host: idempotence after both the full and the --limit
+#      run) -> site.yml --check --diff (changed=0, failed=0) -> serve.yml brings the group back
+#      -> smoketest.yml
 #   -> kill -9 a rank on the third node, wait for systemd to restart the group -> serve.yml
-#   (changed=0) -> smoketest.yml -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1 twice
-#   (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json).
+#      (changed=0) -> smoketest.yml -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1
+#      twice (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json).
 # Playbooks that do not exist yet are skipped with a message. The lab stays up afterwards
 # (tests/run_ci.sh tears it down; or `make lab-down`).
 # Uses the default lab and inventory/lab; for a private lab export LAB_PREFIX, LAB_SUBNET,
@@ -67,13 +73,6 @@ for pb in site.yml serve.yml smoketest.yml; do
 done
 say "syntax check passed"
 
-if have site.yml; then
-  playbook site-1 site.yml || die "site.yml (first run)"
-  playbook site-2 site.yml || die "site.yml (second run)"
-  recap_check "${LOG_DIR}/site-2.log" "site.yml second run (idempotence)"
-  playbook site-check site.yml --check --diff || die "site.yml --check --diff"
-  recap_check "${LOG_DIR}/site-check.log" "site.yml --check --diff"
-fi
 # smoke NAME ARGS...: smoketest.yml, then keep its report as reports/smoke-<inventory>-NAME.json.
 smoke() {
   local name=$1 report
@@ -92,17 +91,149 @@ restarts() {
     -a 'systemctl show tpserve.service -p NRestarts --value' | tail -n 1
 }
 
+# node_sh HOST CMD: CMD as root on a lab node (ssh with the lab's key and known_hosts, host key
+# checking on, 60 s at most).
+node_sh() {
+  local host=$1
+  shift
+  timeout 60 ssh -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=yes \
+    -o UserKnownHostsFile="${INVENTORY}/.ssh/known_hosts" -o IdentitiesOnly=yes \
+    -i "${INVENTORY}/.ssh/id_ed25519" "root@${addr[${host}]}" "$@"
+}
+
+# setting HOST EXPR: a variable as Ansible resolves it for HOST (inventory + playbook group_vars).
+setting() {
+  ansible -i "${INVENTORY}" --playbook-dir . "$1" -m ansible.builtin.debug -a "msg=\"{{ $2 }}\"" 2>/dev/null |
+    sed -n 's/^ *msg: //p' | tr -d "'\""
+}
+
+mapfile -t nodes < <(ansible -i "${INVENTORY}" tpserve --list-hosts | tail -n +2 | tr -d ' ')
+((${#nodes[@]} >= 2)) || die "the lab inventory lists ${#nodes[@]} node(s)"
+node_list=$(IFS=, && echo "${nodes[*]}")
+declare -A addr=()
+while read -r n a; do addr[${n}]=${a}; done < <(
+  ansible-inventory -i "${INVENTORY}" --list 2>/dev/null | python3 -c '
+import json, sys
+for name, hv in json.load(sys.stdin)["_meta"]["hostvars"].items():
+    print(name, hv["ansible_host"])'
+)
+
+# rebuild_node NODE: destroy NODE's container and let lab.sh recreate it (new host keys, nothing
+# installed), then site.yml --limit NODE; assert that the rest of the cluster took it in.
+rebuild_node() {
+  local victim=$1 master=${nodes[0]} t0=${SECONDS} t_limit n old_key new_key lab user model_dir
+  local kh bad=() out want got
+  local -A hosts_before=()
+  for n in "${nodes[@]}"; do
+    [[ ${n} == "${victim}" ]] && continue
+    hosts_before[${n}]=$(node_sh "${n}" cat /etc/hosts) || die "rebuild: cannot read /etc/hosts on ${n}"
+  done
+  old_key=$(node_sh "${victim}" cat /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}')
+  [[ -n ${old_key} ]] || die "rebuild: cannot read ${victim}'s ed25519 host key"
+  # lab.sh names each container after its node and labels it with the lab's network name.
+  lab=$(podman container inspect --format '{{index .Config.Labels "tpserve.lab"}}' "${victim}" 2>/dev/null) ||
+    die "rebuild: no container named ${victim}"
+  [[ ${lab} == "${LAB_NETWORK:-tpserve-lab}" ]] ||
+    die "rebuild: container ${victim} belongs to lab '${lab}', not '${LAB_NETWORK:-tpserve-lab}': not touching it"
+  say "rebuild: destroy ${victim} (podman rm -f) and recreate it with lab.sh up"
+  podman rm -f -t 5 "${victim}" >/dev/null || die "rebuild: podman rm -f ${victim}"
+  tests/lab/lab.sh up || die "rebuild: lab.sh up did not recreate ${victim}"
+  new_key=$(node_sh "${victim}" cat /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}')
+  [[ -n ${new_key} && ${new_key} != "${old_key}" ]] ||
+    die "rebuild: ${victim} did not come back with a new ed25519 host key (old ${old_key:0:16}..., now '${new_key:0:16}...')"
+  say "rebuild: ${victim} recreated with new host keys in $((SECONDS - t0))s"
+
+  t_limit=${SECONDS}
+  playbook site-limit site.yml --limit "${victim}" || die "site.yml --limit ${victim} (rebuilt node)"
+  t_limit=$((SECONDS - t_limit))
+  out=$(awk '/^PLAY RECAP/ { r = 1; next } r && /: ok=/ { print $1 }' "${LOG_DIR}/site-limit.log" | sort -u | tr '\n' ' ')
+  [[ ${out} == "${victim} " ]] || die "site.yml --limit ${victim}: PLAY RECAP lists '${out}', expected only ${victim}"
+  out=$(awk -v h="${victim}" '/^PLAY RECAP/ { r = 1; next } r && $1 == h { print }' "${LOG_DIR}/site-limit.log")
+  [[ ${out} == *" failed=0 "* && ${out} == *" unreachable=0 "* ]] || die "site.yml --limit ${victim}: ${out}"
+  say "rebuild: site.yml --limit ${victim} passed in ${t_limit}s ($(awk '{ print $3, $4 }' <<<"${out}") on ${victim})"
+
+  # 1) the other nodes' /etc/hosts untouched; the rebuilt node's equal to the master's.
+  for n in "${!hosts_before[@]}"; do
+    got=$(node_sh "${n}" cat /etc/hosts) || die "rebuild: cannot read /etc/hosts on ${n}"
+    if [[ $(sha256sum <<<"${got}") != $(sha256sum <<<"${hosts_before[${n}]}") ]]; then
+      bad+=("${n}: $(diff <(echo "${hosts_before[${n}]}") <(echo "${got}") | tr '\n' ' ')")
+    fi
+  done
+  ((${#bad[@]} == 0)) || die "rebuild: /etc/hosts changed on nodes outside --limit: ${bad[*]}"
+  got=$(node_sh "${victim}" cat /etc/hosts)
+  [[ ${got} == "${hosts_before[${master}]}" ]] ||
+    die "rebuild: ${victim}'s /etc/hosts differs from ${master}'s: $(diff <(echo "${hosts_before[${master}]}") <(echo "${got}") | tr '\n' ' ')"
+  say "rebuild: /etc/hosts unchanged on ${!hosts_before[*]} (sha256 before = after), ${victim}'s identical to ${master}'s"
+
+  # 2) the master's known_hosts (service user) holds the NEW ed25519 key under name and address,
+  #    and the old key nowhere.
+  user=$(setting "${master}" tpserve_user)
+  model_dir=$(setting "${victim}" tpserve_model_dir)
+  [[ -n ${user} && -n ${model_dir} ]] || die "rebuild: could not resolve tpserve_user / tpserve_model_dir"
+  kh=$(node_sh "${master}" "cat ~${user}/.ssh/known_hosts") || die "rebuild: cannot read ${master}:~${user}/.ssh/known_hosts"
+  for n in "${victim}" "${addr[${victim}]}"; do
+    got=$(awk -v h="${n}" '$2 == "ssh-ed25519" { split($1, names, ","); for (i in names) if (names[i] == h) print $3 }' <<<"${kh}")
+    [[ ${got} == "${new_key}" ]] ||
+      die "rebuild: ${master}:~${user}/.ssh/known_hosts has for ${n}: '${got:-no ed25519 line}', expected the new key ${new_key:0:24}..."
+  done
+  ! grep -qF "${old_key}" <<<"${kh}" || die "rebuild: ${master}:~${user}/.ssh/known_hosts still holds ${victim}'s old key"
+  say "rebuild: ${master}'s known_hosts (${user}) holds ${victim}'s new ed25519 key under name and address, not the old one"
+
+  # 3) pdsh from the master as the service user: every node answers exactly once, with its name.
+  want=$(for n in "${nodes[@]}"; do echo "${n}: ${n}"; done | sort)
+  got=$(node_sh "${master}" "runuser -u ${user} -- env PDSH_RCMD_TYPE=ssh timeout 45 pdsh -w ${node_list} hostname" 2>&1 | sort) ||
+    die "rebuild: pdsh from ${master} as ${user} failed: ${got}"
+  [[ ${got} == "${want}" ]] ||
+    die "rebuild: pdsh -w <all nodes> hostname from ${master} as ${user} answered:
+${got}
+expected each node once:
+${want}"
+  say "rebuild: pdsh from ${master} as ${user}: each of the ${#nodes[@]} nodes answered once"
+
+  # 4) the rebuilt node's model matches its manifest, and the manifest is the master's.
+  out=$(node_sh "${victim}" "cd '${model_dir}' && sha256sum --strict --quiet -c MANIFEST.sha256 2>&1") ||
+    die "rebuild: ${victim}: ${model_dir} does not match MANIFEST.sha256: ${out}"
+  got=$(node_sh "${victim}" "wc -l <'${model_dir}/MANIFEST.sha256'")
+  ((got > 0)) || die "rebuild: ${victim}: ${model_dir}/MANIFEST.sha256 lists no file"
+  [[ $(node_sh "${victim}" sha256sum "${model_dir}/MANIFEST.sha256" | cut -c1-64) == \
+    $(node_sh "${master}" sha256sum "${model_dir}/MANIFEST.sha256" | cut -c1-64) ]] ||
+    die "rebuild: ${victim}'s MANIFEST.sha256 differs from ${master}'s"
+  say "rebuild: ${victim}: ${got} model files match MANIFEST.sha256 (same manifest as ${master})"
+  say "rebuild: ${victim} destroyed, recreated and provisioned in $((SECONDS - t0))s (site.yml --limit ${t_limit}s)"
+}
+
+if have site.yml; then playbook site-1 site.yml || die "site.yml (first run)"; fi
+
 if have serve.yml && have smoketest.yml; then
-  # Layout 1: one TP group over every node (the lab's TP=4 over 4 nodes).
+  # Layout 1: one TP group over every node (the lab's TP=4 over 4 nodes). Served before the
+  # second site.yml, so that run also shows site.yml leaves a serving cluster alone.
   playbook serve serve.yml || die "serve.yml (tp_across_nodes)"
   playbook serve-2 serve.yml || die "serve.yml (tp_across_nodes, second run)"
   recap_check "${LOG_DIR}/serve-2.log" "serve.yml second run (idempotence)"
   smoke tp_across_nodes
+fi
+
+if have site.yml; then
+  # A node is lost and rebuilt from scratch while the others serve (the last worker: new host
+  # keys, nothing installed) and is provisioned alone with --limit.
+  rebuild_node "${nodes[-1]}"
+  # Second full run: changed=0 on every host (the rebuilt node after its --limit run, the others
+  # after the first run), then a dry run.
+  playbook site-2 site.yml || die "site.yml (second run)"
+  recap_check "${LOG_DIR}/site-2.log" "site.yml second run (idempotence, also after the --limit rebuild)"
+  playbook site-check site.yml --check --diff || die "site.yml --check --diff"
+  recap_check "${LOG_DIR}/site-check.log" "site.yml --check --diff"
+fi
+
+if have serve.yml && have smoketest.yml; then
+  # serve.yml brings the group back with the rebuilt node (its unit is new; the others' units
+  # restart until every rank is there).
+  playbook serve-rebuilt serve.yml || die "serve.yml after the node rebuild"
+  smoke rebuilt
 
   # A rank dies (kill -9 on the third node): every node's unit must restart (survivors fail at
   # their next collective/heartbeat) and the group must come back; serve.yml (changed=0) waits
   # for /health and the smoke test must pass again.
-  mapfile -t nodes < <(ansible -i "${INVENTORY}" tpserve --list-hosts | tail -n +2 | tr -d ' ')
   victim=${nodes[2]:-${nodes[-1]}}
   master_before=$(restarts "${nodes[0]}")
   say "kill -9 the rank on ${victim}"
