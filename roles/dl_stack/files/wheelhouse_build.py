@@ -119,6 +119,22 @@ def run(cmd: list[str], log: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=sys.stderr, stderr=sys.stderr)
 
 
+def pip_wheel(pip: list[str], wheel_dir: Path, *args: str) -> list[str]:
+    """`pip wheel ARGS` into wheel_dir: no dependencies (the lock lists them) and never an
+    isolated build (an isolated build would fetch its own (CUDA) torch)."""
+    return [
+        *pip,
+        "wheel",
+        "--progress-bar",
+        "off",
+        "--no-deps",
+        "--no-build-isolation",
+        "--wheel-dir",
+        str(wheel_dir),
+        *args,
+    ]
+
+
 def current_state(out: Path) -> dict:
     try:
         return json.loads((out / STATE_FILE).read_text())
@@ -181,40 +197,12 @@ def build(args: argparse.Namespace, key: str, lines: list[str], log: list[str]) 
     )
     binary_file.unlink()
     for spec in sources:
-        # Never build-isolate: an isolated build would fetch its own (CUDA) torch.
-        run(
-            [
-                *pip,
-                "wheel",
-                "--progress-bar",
-                "off",
-                "--no-deps",
-                "--no-build-isolation",
-                "--wheel-dir",
-                str(staging),
-                *index_args(args),
-                spec,
-            ],
-            log,
-        )
+        run(pip_wheel(pip, staging, *index_args(args), spec), log)
     app_wheel = ""
     app_dir = Path(args.app_dir)
     if (app_dir / "pyproject.toml").is_file():
         before = set(staging.glob("*.whl"))
-        run(
-            [
-                *pip,
-                "wheel",
-                "--progress-bar",
-                "off",
-                "--no-deps",
-                "--no-build-isolation",
-                "--wheel-dir",
-                str(staging),
-                str(app_dir.resolve()),
-            ],
-            log,
-        )
+        run(pip_wheel(pip, staging, str(app_dir.resolve())), log)
         built = sorted(set(staging.glob("*.whl")) - before)
         app_wheel = built[-1].name if built else ""
         # setuptools leaves build/ and *.egg-info next to the sources: not ours to keep.
