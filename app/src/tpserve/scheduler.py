@@ -48,8 +48,8 @@ class Event:
 _uids = itertools.count(1)
 PHASES = ("schedule", "broadcast", "forward", "sample", "emit")
 PHASE_FLUSH_STEPS = 16
-#: A step with more events than this hands them to the HTTP loop right after the NEXT step's
-#: launch (see _step): one step later, but the loop's work then overlaps the GPU's. Fewer go at once.
+#: On a GPU, a step with more events than this hands them to the HTTP loop right after the NEXT
+#: step's launch (see _step): one step later, but the loop's work then overlaps the GPU's.
 DELIVER_NOW_MAX = 8
 
 
@@ -265,8 +265,10 @@ class Scheduler:
             req.prefilled = True
             self._on_token(req, token, now)
         self.metrics.output_tokens.inc(len(batch))
-        if len(self._outbox) <= DELIVER_NOW_MAX:
-            self._deliver()  # few streams: one event-loop wake-up now (lowest latency)
+        if logits.device.type != "cuda" or len(self._outbox) <= DELIVER_NOW_MAX:
+            # now: few streams (lowest latency), or a synchronous engine (CPU: the next forward does
+            # not overlap anything, holding events back would only delay them by a whole step)
+            self._deliver()
         self._step_end = time.perf_counter()
         phase["sample"] += t2 - t1
         phase["emit"] += self._step_end - t2
