@@ -168,7 +168,8 @@ def launched(model_dir: Path, log_path: Path, **kwargs: object) -> Iterator[Laun
 
 @pytest.fixture(scope="session")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    """The shared live TP=2 server (API key on, small limits so the limit paths are cheap to hit)."""
+    """The shared live TP=2 server (API key on, small limits so the limit paths are cheap to hit;
+    24 tokens per step, so every chat prompt is prefilled in chunks over several steps)."""
     logs = tmp_path_factory.mktemp("logs")
     log_path, pid_file = logs / "server.log", logs / "rank0.pid"
     extra = (
@@ -180,6 +181,8 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "65536",
         "--max-batch-size",
         "16",
+        "--max-batch-tokens",  # small: prompts of the tests are prefilled over several steps
+        "24",
         "--max-queue",
         "64",
         "--request-timeout",

@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kv-cache-gb", type=float, default=0.0, help="fastgen: KV cache per GPU (0 = engine default)"
     )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=0,
+        help="tokens per engine step (decodes + prompt chunks): a longer prompt is prefilled over several "
+        "steps while running streams keep decoding; 0 = the engine's own (fastgen: its ragged batch "
+        "size; autotp: no limit)",
+    )
     p.add_argument("--kernel-inject", action="store_true", help="autotp: DeepSpeed kernel injection (opt-in)")
     p.add_argument(
         "--tp-grain-size", type=int, default=0, help="autotp: DeepSpeed tp_grain_size (0 = default)"
@@ -65,6 +73,8 @@ def _validate(a: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     ):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be ≥ 1")
+    if a.max_batch_tokens < 0:
+        p.error("--max-batch-tokens must be ≥ 0 (0 = the engine's own budget)")
     for name in ("request_timeout", "heartbeat_timeout"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
@@ -96,6 +106,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str, s
             heartbeat_timeout_s=a.heartbeat_timeout,
             step_timeout_s=a.step_timeout,
             kv_cache_gb=a.kv_cache_gb,
+            max_batch_tokens=a.max_batch_tokens,
             kernel_inject=a.kernel_inject,
             tp_grain_size=a.tp_grain_size,
             batch_decode=not a.no_batch_decode,

@@ -28,6 +28,7 @@ class ServeConfig:
     heartbeat_timeout_s: float = 30.0
     step_timeout_s: float = 300.0
     kv_cache_gb: float = 0.0
+    max_batch_tokens: int = 0  # tokens per engine step; 0 = the engine's own budget
     kernel_inject: bool = False
     tp_grain_size: int = 0
     batch_decode: bool = True

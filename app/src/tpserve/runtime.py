@@ -104,6 +104,7 @@ def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
                 cfg.max_batch_size,
                 cfg.heartbeat_interval_s,
                 watchdog,
+                cfg.max_batch_tokens or None,
             )
             service.ready(scheduler, name, reason, engine.describe(), reports)
             log.info(

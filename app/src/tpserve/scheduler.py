@@ -51,6 +51,8 @@ PHASE_FLUSH_STEPS = 16
 #: On a GPU, a step with more events than this hands them to the HTTP loop right after the NEXT
 #: step's launch (see _step): one step later, but the loop's work then overlaps the GPU's.
 DELIVER_NOW_MAX = 8
+#: Prompt tokens a step carries at least, even when decodes fill the token budget.
+MIN_PREFILL_CHUNK = 16
 
 
 class Request:
@@ -75,7 +77,8 @@ class Request:
         self._loop = loop
         # scheduler-thread state
         self.output_ids: list[int] = []
-        self.prefilled = False
+        self.prefill_pos = 0  # prompt tokens already sent to the engine (chunked prefill)
+        self.prefilled = False  # the whole prompt is in the engine and a token was sampled
         self.generator: torch.Generator | None = None
         self.stream: TextStream | None = None
         self.first_token_at: float | None = None
@@ -121,8 +124,11 @@ class Scheduler:
         max_batch_size: int,
         heartbeat_interval_s: float,
         watchdog: Watchdog,
+        token_budget: int | None = None,
     ) -> None:
         self.engine = engine
+        #: tokens per step (decodes + prompt chunks); None: whole prompts in one step
+        self.token_budget = token_budget if token_budget else engine.step_token_budget
         self.channel = channel
         self.decode = decode
         self.eos_ids = frozenset(eos_ids)
@@ -218,7 +224,7 @@ class Scheduler:
 
     def _fits(self, batch: list[Request]) -> bool:
         """Ask the engine (KV blocks, sequence limits) whether one step over `batch` fits."""
-        lengths = [1 if r.prefilled else len(r.prompt_ids) for r in batch]
+        lengths = [1 if r.prefilled else len(r.prompt_ids) - r.prefill_pos for r in batch]
         return self.engine.can_schedule([r.uid for r in batch], lengths)
 
     def _start(self, req: Request) -> None:
@@ -241,9 +247,8 @@ class Scheduler:
         while len(self.active) > 1 and not self._fits(self.active):
             # decoding outgrew the KV cache: preempt the newest sequence (its client gets an error)
             self._finish(self.active[-1], "error", error="KV cache exhausted; request preempted, retry")
-        batch = list(self.active)
+        batch, chunks = self._plan()
         uids = [r.uid for r in batch]
-        chunks = [r.output_ids[-1:] if r.prefilled else r.prompt_ids for r in batch]
         self.metrics.batch_size.observe(len(batch))
         t0 = time.perf_counter()
         phase = self._phase
@@ -258,13 +263,22 @@ class Scheduler:
         t1 = time.perf_counter()
         # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
         # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
-        tokens = sample_batch(logits, [r.params for r in batch], [r.generator for r in batch])
+        # a sequence whose prompt is only partly in the engine has no next token yet
+        done = []
+        for row, (req, chunk) in enumerate(zip(batch, chunks, strict=True)):
+            if not req.prefilled:
+                req.prefill_pos += len(chunk)
+            if req.prefill_pos == len(req.prompt_ids):
+                done.append(row)
+        sampled = [batch[row] for row in done]
+        rows = logits if len(done) == len(batch) else logits[torch.tensor(done, device=logits.device)]
+        tokens = sample_batch(rows, [r.params for r in sampled], [r.generator for r in sampled])
         t2 = time.perf_counter()
         now = time.monotonic()
-        for req, token in zip(batch, tokens, strict=True):
+        for req, token in zip(sampled, tokens, strict=True):
             req.prefilled = True
             self._on_token(req, token, now)
-        self.metrics.output_tokens.inc(len(batch))
+        self.metrics.output_tokens.inc(len(sampled))
         if logits.device.type != "cuda" or len(self._outbox) <= DELIVER_NOW_MAX:
             # now: few streams (lowest latency), or a synchronous engine (CPU: the next forward does
             # not overlap anything, holding events back would only delay them by a whole step)
@@ -274,6 +288,32 @@ class Scheduler:
         phase["emit"] += self._step_end - t2
         if self.steps % PHASE_FLUSH_STEPS == 0:
             self._flush_phases()
+
+    def _plan(self) -> tuple[list[Request], list[list[int]]]:
+        """This step's sequences and their new tokens: one token per decoding sequence, then prompt
+        chunks within the token budget (Dynamic SplitFuse: a long prompt is prefilled over several
+        steps, so running streams still get a token every step). At least one prompt chunk of
+        MIN_PREFILL_CHUNK tokens moves each step even when decodes use up the budget."""
+        batch: list[Request] = []
+        chunks: list[list[int]] = []
+        prefilling: list[Request] = []
+        for req in self.active:
+            if req.prefilled:
+                batch.append(req)
+                chunks.append(req.output_ids[-1:])
+            else:
+                prefilling.append(req)
+        room = None if self.token_budget is None else max(self.token_budget - len(batch), MIN_PREFILL_CHUNK)
+        for req in prefilling:
+            left = len(req.prompt_ids) - req.prefill_pos
+            take = left if room is None else min(left, room)
+            if take <= 0:
+                break
+            batch.append(req)
+            chunks.append(req.prompt_ids[req.prefill_pos : req.prefill_pos + take])
+            if room is not None:
+                room -= take
+        return batch, chunks
 
     def _flush_phases(self) -> None:
         """Add the phase times to the Prometheus counters (every few steps: inc() takes a lock)."""
@@ -314,7 +354,7 @@ class Scheduler:
     def _finish(self, req: Request, reason: str, release: bool = True, error: str | None = None) -> None:
         if req in self.active:
             self.active.remove(req)
-        if release and req.prefilled:
+        if release and req.prefill_pos > 0:  # the engine holds (part of) the sequence
             self._release.append(req.uid)
         req.finish_reason = reason
         tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""

@@ -84,6 +84,11 @@ class Engine(abc.ABC):
         """Most sequences in one step."""
 
     @property
+    def step_token_budget(self) -> int | None:
+        """Tokens one step should carry (the scheduler splits longer prompts); None: no limit."""
+        return None
+
+    @property
     @abc.abstractmethod
     def max_seq_len(self) -> int:
         """Longest sequence (prompt + generated) the engine can hold."""

@@ -312,6 +312,10 @@ class FastGenEngine(Engine):
         return self.settings.max_batch_sequences
 
     @property
+    def step_token_budget(self) -> int | None:
+        return self.settings.max_batch_tokens
+
+    @property
     def max_seq_len(self) -> int:
         return self.settings.max_context
 
