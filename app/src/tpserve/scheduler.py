@@ -271,7 +271,9 @@ class Scheduler:
             if req.prefill_pos == len(req.prompt_ids):
                 done.append(row)
         sampled = [batch[row] for row in done]
-        rows = logits if len(done) == len(batch) else logits[torch.tensor(done, device=logits.device)]
+        rows = logits
+        if len(done) != len(batch):
+            rows = logits[torch.tensor(done, dtype=torch.long, device=logits.device)]
         tokens = sample_batch(rows, [r.params for r in sampled], [r.generator for r in sampled])
         t2 = time.perf_counter()
         now = time.monotonic()
