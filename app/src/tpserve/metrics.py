@@ -46,6 +46,11 @@ class Metrics:
             registry=r,
         )
         self.steps = Counter("tpserve_engine_steps", "Engine steps run", registry=r)
+        self.prefill_chunks = Counter(
+            "tpserve_prefill_chunks",
+            "Prompt chunks sent to the engine (a prompt longer than a step's token budget takes several)",
+            registry=r,
+        )
         self.in_flight = Gauge("tpserve_requests_in_flight", "Generation requests being served", registry=r)
 
     def render(self) -> bytes:

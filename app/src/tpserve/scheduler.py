@@ -248,6 +248,9 @@ class Scheduler:
             # decoding outgrew the KV cache: preempt the newest sequence (its client gets an error)
             self._finish(self.active[-1], "error", error="KV cache exhausted; request preempted, retry")
         batch, chunks = self._plan()
+        prefills = sum(not r.prefilled for r in batch)
+        if prefills:
+            self.metrics.prefill_chunks.inc(prefills)
         uids = [r.uid for r in batch]
         self.metrics.batch_size.observe(len(batch))
         t0 = time.perf_counter()
