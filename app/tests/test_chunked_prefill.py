@@ -1,30 +1,50 @@
 """Chunked prefill across steps (Dynamic SplitFuse) on the shared live TP=2 server (24 tokens per
 step): a long prompt takes several steps to prefill, a running stream gets tokens during them, and
 the long prompt's answer is the same as when it runs alone. (Greedy equality with single-process
-transformers for chunk-prefilled chat prompts: test_server.py.)"""
+transformers for chunk-prefilled chat prompts: test_server.py.)
+
+Against another server (e.g. fastgen on a GPU host, bench/check_chunked_prefill_gpu.sh):
+TPSERVE_TEST_URL=http://127.0.0.1:8000 TPSERVE_TEST_MAX_BATCH_TOKENS=32 pytest test_chunked_prefill.py
+(the server must serve the synthetic tokenizer as model "tiny", without an API key)."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import httpx
 import pytest
-from conftest import LaunchedServer
+from conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 
 BUDGET = 24  # --max-batch-tokens of the shared server (conftest.py)
+
+
+class Target:
+    def __init__(self, url: str, budget: int, auth: dict[str, str]) -> None:
+        self.base_url, self.budget, self.auth = url, budget, auth
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest) -> Target:
+    url = os.environ.get("TPSERVE_TEST_URL")
+    if url:
+        return Target(url, int(os.environ["TPSERVE_TEST_MAX_BATCH_TOKENS"]), {})
+    server = request.getfixturevalue("server")
+    return Target(server.base_url, BUDGET, {"Authorization": f"Bearer {API_KEY}"})
+
+
 LONG_PROMPT = " ".join(f"item{i}" for i in range(40))  # ~194 tokens (max_prompt_tokens 256)
 
 
-def _stream(server: LaunchedServer, auth: dict[str, str], body: dict, arrivals: list[float]) -> str:
+def _stream(server: Target, body: dict, arrivals: list[float]) -> str:
     """POST a streamed completion; append each text chunk's arrival time; return the text."""
     text = []
-    with httpx.stream(
-        "POST", server.base_url + "/v1/completions", json={**body, "stream": True}, headers=auth, timeout=60
-    ) as r:
+    url = server.base_url + "/v1/completions"
+    with httpx.stream("POST", url, json={**body, "stream": True}, headers=server.auth, timeout=60) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -36,27 +56,27 @@ def _stream(server: LaunchedServer, auth: dict[str, str], body: dict, arrivals: 
     return "".join(text)
 
 
-def _prefill_chunks(server: LaunchedServer) -> float:
+def _prefill_chunks(server: Target) -> float:
     for line in httpx.get(server.base_url + "/metrics", timeout=10).text.splitlines():
         if line.startswith("tpserve_prefill_chunks_total "):
             return float(line.split()[1])
     raise AssertionError("tpserve_prefill_chunks_total missing from /metrics")
 
 
-def test_long_prompt_prefills_over_steps_while_a_stream_keeps_decoding(
-    server: LaunchedServer, auth: dict[str, str]
-) -> None:
+def test_long_prompt_prefills_over_steps_while_a_stream_keeps_decoding(target: Target) -> None:
+    server, budget = target, target.budget
     long_body = {"model": "tiny", "prompt": LONG_PROMPT, "max_tokens": 8, "temperature": 0}
     long_body["ignore_eos"] = True
     before = _prefill_chunks(server)
-    alone = httpx.post(server.base_url + "/v1/completions", json=long_body, headers=auth, timeout=60).json()
+    url = server.base_url + "/v1/completions"
+    alone = httpx.post(url, json=long_body, headers=server.auth, timeout=60).json()
     prompt_tokens = alone["usage"]["prompt_tokens"]
-    assert prompt_tokens >= 4 * BUDGET, f"the long prompt has only {prompt_tokens} tokens"
-    assert _prefill_chunks(server) - before == -(-prompt_tokens // BUDGET)  # alone: full 24-token chunks
+    assert prompt_tokens >= 4 * budget, f"the long prompt has only {prompt_tokens} tokens"
+    assert _prefill_chunks(server) - before == -(-prompt_tokens // budget)  # alone: full chunks
 
     a_arrivals: list[float] = []
     a_body = {"model": "tiny", "prompt": "count", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
-    a = threading.Thread(target=_stream, args=(server, auth, a_body, a_arrivals))
+    a = threading.Thread(target=_stream, args=(server, a_body, a_arrivals))
     a.start()
     deadline = time.monotonic() + 30
     while len(a_arrivals) < 3:  # stream A is decoding
@@ -65,7 +85,7 @@ def test_long_prompt_prefills_over_steps_while_a_stream_keeps_decoding(
     b_arrivals: list[float] = []
     before = _prefill_chunks(server)
     sent = time.monotonic()
-    b_text = _stream(server, auth, long_body, b_arrivals)
+    b_text = _stream(server, long_body, b_arrivals)
     b_chunks = _prefill_chunks(server) - before
     a.join(timeout=60)
 
@@ -76,7 +96,7 @@ def test_long_prompt_prefills_over_steps_while_a_stream_keeps_decoding(
         f"{len(during)} tokens between B's arrival and B's first token ({wait_ms:.0f} ms)"
     )
     # each step carried A's decode token + at most 23 of B's: B needed that many steps, A ran in each
-    assert b_chunks >= -(-prompt_tokens // (BUDGET - 1)), (b_chunks, prompt_tokens)
+    assert b_chunks >= -(-prompt_tokens // (budget - 1)), (b_chunks, prompt_tokens)
     assert not a.is_alive(), "stream A did not finish"
     assert len(during) >= 1
     assert b_text == alone["choices"][0]["text"]
