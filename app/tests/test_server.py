@@ -29,6 +29,7 @@ def test_health_shows_two_sharded_ranks(server: LaunchedServer) -> None:
     assert h["status"] == "ok"
     assert h["engine"] == "autotp" and "no CUDA" in h["engine_reason"]
     assert h["world_size"] == 2 and h["tp_size"] == 2 and h["dtype"] == "float32"
+    assert h["engine_details"]["engine"] == "autotp" and h["engine_details"]["tp_size"] == 2
     assert [r["rank"] for r in h["ranks"]] == [0, 1]
     for r in h["ranks"]:
         assert abs(r["linear_fraction"] - 0.5) <= 0.02, r
