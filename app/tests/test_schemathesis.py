@@ -116,3 +116,77 @@ def test_models_and_chat_need_the_key(server: LaunchedServer, headers: dict[str,
     assert httpx.get(server.base_url + "/v1/models", headers=headers, timeout=10).status_code == 401
     r = _post(server, "/v1/chat/completions", {"model": "tiny", "messages": CHAT}, headers)
     assert r.status_code == 401, r.text
+
+
+# -- hostile values of every numeric field (issue: one request must never take the group down) ---
+BIG = 2**70
+C, G, CH = "/v1/completions", "/generate", "/v1/chat/completions"
+HOSTILE = [
+    (C, {"prompt": "x", "temperature": 1.0, "seed": BIG}, 422, "seed"),  # the group-killer
+    (C, {"prompt": "x", "temperature": 1.0, "seed": -(2**63) - 1}, 422, "seed"),
+    (CH, {"messages": CHAT, "temperature": 1.0, "seed": 2**64}, 422, "seed"),
+    (G, {"prompt": "x", "temperature": 1.0, "seed": BIG}, 422, "seed"),
+    (C, {"prompt": "x", "top_k": BIG}, 422, "top_k"),
+    (C, {"prompt": "x", "top_k": -2}, 422, "top_k"),
+    (C, {"prompt": "x", "max_tokens": BIG}, 422, "max_tokens"),
+    (C, {"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+    (C, {"prompt": "x", "max_tokens": -BIG}, 422, "max_tokens"),
+    (CH, {"messages": CHAT, "n": BIG}, 422, "n"),
+    (CH, {"messages": CHAT, "max_completion_tokens": BIG}, 422, "max_completion_tokens"),
+    (G, {"prompt": "x", "max_new_tokens": BIG}, 422, "max_new_tokens"),
+    (G, {"prompt": "x", "temperature": 1e308}, 422, "temperature"),
+    (G, {"prompt": "x", "top_p": 0}, 422, "top_p"),
+    (G, {"prompt": "x", "top_p": -1e-300}, 422, "top_p"),
+    (C, {"prompt": [BIG]}, 400, "token ids"),
+    (C, {"prompt": [-1, 5]}, 400, "token ids"),
+    (C, {"prompt": "x", "stop": ["s"] * 17}, 422, "stop"),
+    (C, {"prompt": "x", "stop": "s" * 257}, 422, "stop"),
+    (CH, {"messages": CHAT, "stop": ["ok", "t" * 300]}, 422, "stop"),
+    (G, {"prompt": "y" * 9000}, 400, "bytes"),  # 256 prompt tokens x 32 bytes: refused untokenized
+    (CH, {"messages": [{"role": "user", "content": "z" * 9000}]}, 400, "bytes"),
+    (C, {"prompt": "w" * 9000}, 400, "bytes"),
+]  # fmt: skip
+# JSON that Python's parser accepts but no number field may hold: NaN and infinities
+RAW = [
+    (G, b'{"prompt": "x", "temperature": NaN}', "temperature"),
+    (C, b'{"model": "tiny", "prompt": "x", "temperature": Infinity}', "temperature"),
+    (C, b'{"model": "tiny", "prompt": "x", "top_p": NaN}', "top_p"),
+    (CH, b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": -Infinity}',
+     "temperature"),
+]  # fmt: skip
+
+
+def test_hostile_values_get_4xx_and_the_group_keeps_serving(
+    server: LaunchedServer, auth: dict[str, str]
+) -> None:
+    steps_before = httpx.get(server.base_url + "/health", timeout=10).json()["steps"]
+    tried = 0
+    for path, body, status, field in HOSTILE:
+        full = {"model": "tiny", **body} if path != G else body
+        r = _post(server, path, full, auth)
+        assert r.status_code == status, (path, body, r.text)
+        err = r.json()["error"]
+        assert field in err["message"] or err.get("param") == field, r.text
+        tried += 1
+    for path, raw, field in RAW:
+        r = httpx.post(
+            server.base_url + path,
+            content=raw,
+            headers={**auth, "content-type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 422 and field in r.text, (path, raw, r.text)
+        tried += 1
+    # the extremes that ARE valid are served: any 64-bit seed, sampled
+    for seed in (2**64 - 1, -(2**63), 0):
+        body = {"model": "tiny", "prompt": "x", "temperature": 1.0, "seed": seed, "max_tokens": 4}
+        r = _post(server, C, body, auth)
+        assert r.status_code == 200, r.text
+        tried += 1
+    same = [_post(server, C, {"model": "tiny", "prompt": "x", "temperature": 1.0, "seed": 2**64 - 1,
+                              "max_tokens": 6, "ignore_eos": True}, auth).json()["choices"][0]["text"]
+            for _ in range(2)]  # fmt: skip
+    assert same[0] == same[1]
+    health = httpx.get(server.base_url + "/health", timeout=10).json()
+    assert health["status"] == "ok" and health["world_size"] == 2 and health["steps"] > steps_before, health
+    print(f"hostile inputs tried: {tried}, group crashes: 0, steps {steps_before} -> {health['steps']}")

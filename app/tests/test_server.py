@@ -332,3 +332,37 @@ def test_completions_stream_and_client_disconnect_frees_the_sequence(
     generated = output_tokens() - before
     print(f"abandoned stream: {generated:.0f} of 250 tokens generated before it was cancelled")
     assert generated < 125
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/generate", "/v1/chat/completions"])
+def test_non_streaming_client_disconnect_frees_the_sequence(
+    server: LaunchedServer, auth: dict[str, str], path: str
+) -> None:
+    """A client of a plain (non-streamed) request that goes away: its sequence is cancelled at the
+    next step instead of being generated to the end for nobody."""
+    metrics = server.base_url + "/metrics"
+
+    def output_tokens() -> float:
+        text = httpx.get(metrics, timeout=10).text
+        return float(
+            next(x for x in text.splitlines() if x.startswith("tpserve_output_tokens_total")).split()[1]
+        )
+
+    body: dict = {"max_tokens": 256, "temperature": 0, "ignore_eos": True, "model": "tiny"}
+    if path == "/generate":
+        body = {"prompt": "go on and on", "max_new_tokens": 256, "ignore_eos": True}
+    elif path == "/v1/completions":
+        body["prompt"] = "go on and on"
+    else:
+        body["messages"] = [{"role": "user", "content": "go on and on"}]
+    before = output_tokens()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes the socket
+        httpx.post(server.base_url + path, json=body, headers=auth, timeout=httpx.Timeout(10, read=0.3))
+    left = time.monotonic()
+    while httpx.get(server.base_url + "/health", timeout=5).json()["in_flight"] != 0:
+        assert time.monotonic() - left < 10, "the abandoned request is still being generated"
+        time.sleep(0.02)
+    freed_after = time.monotonic() - left
+    generated = output_tokens() - before
+    print(f"{path}: abandoned after 0.3 s, freed {freed_after:.2f} s later, {generated:.0f}/256 tokens")
+    assert generated < 256

@@ -27,8 +27,8 @@ def make_generator(params: SamplingParams) -> torch.Generator | None:
     if params.greedy:
         return None
     gen = torch.Generator(device="cpu")
-    if params.seed is not None:
-        gen.manual_seed(int(params.seed))
+    if params.seed is not None:  # the API bounds it to 64 bits; the modulo keeps any int valid here
+        gen.manual_seed(int(params.seed) % 2**64)
     else:
         gen.seed()
     return gen
@@ -60,20 +60,35 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """One row that yields no token (non-finite logits, a sampling error): its request ends alone."""
+
+    reason: str
+
+
 def sample_batch(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
-) -> list[int]:
+) -> list[int | Failed]:
     """Next token of every row of [n, vocab] logits, which may live on the GPU (fastgen).
 
-    Greedy rows: one argmax over the whole batch on the logits' device, one small copy to the host.
-    Sampled rows: copied to the CPU one by one (their generators are CPU generators).
+    Every row's argmax and whether all its logits are finite come to the host in one small copy
+    (greedy rows need nothing else). Sampled rows are copied to the CPU one by one (their
+    generators are CPU generators). A row with NaN/inf logits, or whose sampling raises, becomes
+    `Failed` instead of failing the batch.
     """
-    greedy = [i for i, p in enumerate(params) if p.greedy]
-    tokens: dict[int, int] = {}
-    if greedy:
-        rows = logits if len(greedy) == len(params) else logits[torch.tensor(greedy, device=logits.device)]
-        tokens = dict(zip(greedy, rows.argmax(dim=-1).tolist(), strict=True))
+    if not params:
+        return []
+    argmax, finite = torch.stack((logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).long())).tolist()
+    tokens: list[int | Failed] = []
     for i, p in enumerate(params):
-        if i not in tokens:
-            tokens[i] = sample(logits[i].float().cpu(), p, generators[i])
-    return [tokens[i] for i in range(len(params))]
+        if not finite[i]:
+            tokens.append(Failed("the model produced non-finite logits (NaN/inf) for this sequence"))
+        elif p.greedy:
+            tokens.append(int(argmax[i]))
+        else:
+            try:
+                tokens.append(sample(logits[i].float().cpu(), p, generators[i]))
+            except (RuntimeError, ValueError) as exc:  # incl. torch.OutOfMemoryError
+                tokens.append(Failed(f"sampling failed ({type(exc).__name__}: {exc})"))
+    return tokens

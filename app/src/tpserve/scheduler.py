@@ -23,7 +23,7 @@ import torch
 from tpserve.engines.base import Engine
 from tpserve.metrics import Metrics
 from tpserve.ranks import Watchdog, execute
-from tpserve.sampling import SamplingParams, make_generator, sample_batch
+from tpserve.sampling import Failed, SamplingParams, make_generator, sample_batch
 from tpserve.textstream import TextStream
 
 log = logging.getLogger("tpserve.scheduler")
@@ -39,6 +39,8 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: with finish_reason "error": "capacity" (retry later: 503) or "internal" (this request only: 500)
+    error_kind: str = "capacity"
 
     @property
     def final(self) -> bool:
@@ -231,8 +233,13 @@ class Scheduler:
         if req.cancelled.is_set() or time.monotonic() > req.deadline:
             self._finish(req, "cancelled" if req.cancelled.is_set() else "timeout", release=False)
             return
-        req.generator = make_generator(req.params)
-        req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
+        try:
+            req.generator = make_generator(req.params)
+            req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
+        except Exception as exc:  # a bad value of this request must not stop the engine thread
+            log.warning("request %d refused at start: %s: %s", req.uid, type(exc).__name__, exc)
+            self._finish(req, "error", release=False, error=f"bad request ({exc})", kind="internal")
+            return
         self.active.append(req)
 
     def _reap(self) -> None:
@@ -244,9 +251,18 @@ class Scheduler:
                 self._finish(req, "timeout")
 
     def _step(self) -> None:
-        while len(self.active) > 1 and not self._fits(self.active):
-            # decoding outgrew the KV cache: preempt the newest sequence (its client gets an error)
-            self._finish(self.active[-1], "error", error="KV cache exhausted; request preempted, retry")
+        while self.active and not self._fits(self.active):
+            if len(self.active) > 1:
+                # decoding outgrew the KV cache: preempt the newest sequence (its client gets an error)
+                self._finish(self.active[-1], "error", error="KV cache exhausted; request preempted, retry")
+            else:  # a lone sequence that outgrows the whole cache ends where it is
+                lone = self.active[0]
+                if lone.prefilled:
+                    self._finish(lone, "length")
+                else:
+                    self._finish(lone, "error", error="the prompt does not fit the KV cache", kind="internal")
+        if not self.active:
+            return
         batch, chunks = self._plan()
         prefills = sum(not r.prefilled for r in batch)
         if prefills:
@@ -282,7 +298,17 @@ class Scheduler:
         now = time.monotonic()
         for req, token in zip(sampled, tokens, strict=True):
             req.prefilled = True
-            self._on_token(req, token, now)
+            if isinstance(token, Failed):
+                log.warning("request %d failed in step %d: %s", req.uid, self.steps, token.reason)
+                self._finish(req, "error", error=token.reason, kind="internal")
+                continue
+            try:
+                self._on_token(req, token, now)
+            except Exception as exc:  # detokenizing, stop strings: this request ends, the others go on
+                log.exception("request %d: token %d could not be processed", req.uid, token)
+                self._finish(
+                    req, "error", error=f"token {token} could not be processed ({exc})", kind="internal"
+                )
         self.metrics.output_tokens.inc(len(sampled))
         if logits.device.type != "cuda" or len(self._outbox) <= DELIVER_NOW_MAX:
             # now: few streams (lowest latency), or a synchronous engine (CPU: the next forward does
@@ -356,18 +382,30 @@ class Scheduler:
         ):
             self._finish(req, "length")
 
-    def _finish(self, req: Request, reason: str, release: bool = True, error: str | None = None) -> None:
+    def _finish(
+        self,
+        req: Request,
+        reason: str,
+        release: bool = True,
+        error: str | None = None,
+        kind: str = "capacity",
+    ) -> None:
         if req in self.active:
             self.active.remove(req)
         if release and req.prefill_pos > 0:  # the engine holds (part of) the sequence
             self._release.append(req.uid)
         req.finish_reason = reason
-        tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
+        try:
+            tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
+        except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped
+            log.exception("request %d: final text could not be decoded", req.uid)
+            tail = ""
         final = Event(
             text=tail,
             finish_reason=reason,
             prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(req.output_ids),
             error=error,
+            error_kind=kind,
         )
         self._outbox.append((req, final))

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: A seed is any 64-bit integer, signed or unsigned (what torch.Generator.manual_seed accepts).
+SEED_MIN = -(2**63)
+SEED_MAX = 2**64 - 1
+#: Stop strings: how many and how long (each is matched against the text after every token).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+#: top_k beyond any vocabulary means "off"; the bound keeps the value a 32-bit integer.
+MAX_TOP_K = 2**31 - 1
+#: Completion count: only 1 is served (a 400 says so); the bound keeps absurd values a 422.
+MAX_N = 128
+
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
+
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class SamplingFields(_Req):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1, description="0 or -1: off")
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOP_K, description="0 or -1: off")
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX, description="any 64-bit integer")
+    stop: StopString | StopList | None = None
     ignore_eos: bool = Field(default=False, description="keep generating past EOS (fixed-length benchmarks)")
 
     def stop_list(self) -> list[str]:
@@ -55,7 +69,7 @@ class StreamOptions(_Req):
 class _OpenAIFields(SamplingFields):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

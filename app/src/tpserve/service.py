@@ -57,6 +57,11 @@ class Service:
             eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
             self.eos_ids.update([eos] if isinstance(eos, int) else (eos or []))
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: the tokenizer's (0 while loading)."""
+        return len(self.tokenizer) if self.tokenizer is not None else 0
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -10,6 +10,10 @@ from tpserve.api.errors import APIError
 from tpserve.schemas import ChatCompletionRequest, CompletionRequest
 from tpserve.service import Service
 
+#: A prompt's UTF-8 size is checked before tokenization against max_prompt_tokens x this (no token
+#: of a real vocabulary averages more), so a huge text is refused without tokenizing it.
+PROMPT_BYTES_PER_TOKEN = 32
+
 
 class Guards:
     """Checks bound to one service; each raises `APIError` with the status the client should see."""
@@ -75,6 +79,26 @@ class Guards:
         self.check_model(body.model)
         if body.n != 1:
             raise APIError(400, f"n={body.n} is not supported; only n=1", param="n", code="unsupported_value")
+
+    def check_text_size(self, *texts: str | None, param: str = "prompt") -> None:
+        """Refuse, before tokenizing, a prompt text whose size no prompt within the token limit has."""
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts if t)
+        limit = self.cfg.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN
+        if size > limit:
+            raise APIError(
+                400,
+                f"prompt text is {size} bytes; the limit is {limit} bytes ({self.cfg.max_prompt_tokens} "
+                f"tokens x {PROMPT_BYTES_PER_TOKEN}), checked before tokenization",
+                param=param,
+                code="prompt_too_long",
+            )
+
+    def check_token_ids(self, ids: list[int]) -> None:
+        vocab = self.service.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(
+                400, f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_value"
+            )
 
     def check_prompt(self, ids: list[int], max_new: int) -> None:
         max_seq_len = self.service.max_seq_len

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from tpserve.api.generation import collect, sampling_params, usage
@@ -27,16 +27,17 @@ def native_router(service: Service, guards: Guards) -> APIRouter:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @router.post("/generate", dependencies=[Depends(guards.authorize)])
-    async def generate(body: GenerateRequest) -> GenerateResponse:
+    async def generate(body: GenerateRequest, http: Request) -> GenerateResponse:
         guards.admit()
         n_max = guards.max_new(body.max_new_tokens, "max_new_tokens")
+        guards.check_text_size(body.prompt, body.system_prompt)
         messages = [{"role": "system", "content": body.system_prompt}] if body.system_prompt else []
         messages.append({"role": "user", "content": body.prompt})
         ids = service.encode_chat(messages)
         guards.check_prompt(ids, n_max)
         t0 = time.monotonic()
         req = service.new_request(ids, sampling_params(body, n_max, 0.0), "/generate")
-        text, final = await collect(service.events(req), service.config.request_timeout_s)
+        text, final = await collect(req, service.events(req), service.config.request_timeout_s, http)
         out_ids = [t for t in req.output_ids if t not in service.eos_ids]
         return GenerateResponse(
             generated_text=text,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from tpserve.api.errors import APIError
@@ -79,7 +79,7 @@ def openai_router(service: Service, guards: Guards) -> APIRouter:
         }
 
     @router.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, http: Request) -> Any:
         guards.openai_checks(body)
         token_ids = bool(body.prompt) and all(isinstance(t, int) for t in body.prompt)
         prompts = [body.prompt] if isinstance(body.prompt, str) or token_ids else body.prompt
@@ -87,24 +87,25 @@ def openai_router(service: Service, guards: Guards) -> APIRouter:
             raise APIError(
                 400, "exactly one prompt per request is supported", param="prompt", code="unsupported_value"
             )
-        if token_ids:  # token ids as the prompt (OpenAI allows it; exact lengths for benchmarks)
-            vocab = len(service.tokenizer)
-            if any(not 0 <= int(t) < vocab for t in prompts[0]):
-                raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-        guards.admit()
+        guards.admit()  # before anything reads the tokenizer (None while loading)
         n_max = guards.max_new(body.max_tokens, "max_tokens")
-        ids = [int(t) for t in prompts[0]] if token_ids else service.encode_text(str(prompts[0]))
+        if token_ids:  # token ids as the prompt (OpenAI allows it; exact lengths for benchmarks)
+            ids = [int(t) for t in prompts[0]]
+            guards.check_token_ids(ids)
+        else:
+            guards.check_text_size(str(prompts[0]))
+            ids = service.encode_text(str(prompts[0]))
         guards.check_prompt(ids, n_max)
         req = service.new_request(ids, sampling_params(body, n_max, 1.0), "/v1/completions")
         out = envelope("cmpl", "text_completion", "text")
         prefix = (service.decode(ids) if token_ids else str(prompts[0])) if body.echo else ""
         if body.stream:
             return out.stream(service.events(req), body.stream_options, lambda ev: ev.text)
-        text, final = await collect(service.events(req), cfg.request_timeout_s)
+        text, final = await collect(req, service.events(req), cfg.request_timeout_s, http)
         return {**out.choice(prefix + text, final.finish_reason), "usage": usage(final).model_dump()}
 
     @router.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest) -> Any:
+    async def chat(body: ChatCompletionRequest, http: Request) -> Any:
         guards.openai_checks(body)
         try:
             messages = [
@@ -118,6 +119,7 @@ def openai_router(service: Service, guards: Guards) -> APIRouter:
             body.max_completion_tokens or body.max_tokens,
             "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
         )
+        guards.check_text_size(*(m["content"] for m in messages), param="messages")
         ids = service.encode_chat(messages)
         guards.check_prompt(ids, n_max)
         req = service.new_request(ids, sampling_params(body, n_max, 1.0), "/v1/chat/completions")
@@ -129,7 +131,7 @@ def openai_router(service: Service, guards: Guards) -> APIRouter:
                 lambda ev: {"content": ev.text} if ev.text else {},
                 first={"role": "assistant", "content": ""},
             )
-        text, final = await collect(service.events(req), cfg.request_timeout_s)
+        text, final = await collect(req, service.events(req), cfg.request_timeout_s, http)
         whole = replace(out, object="chat.completion", key="message")
         message = {"role": "assistant", "content": text}
         return {**whole.choice(message, final.finish_reason), "usage": usage(final).model_dump()}

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from tpserve.api.generation import usage
+from tpserve.api.generation import final_error, usage
 from tpserve.scheduler import Event
 
 _MARK = "\u0000tpserve-text\u0000"
@@ -30,10 +30,9 @@ def sse_response(
         if first is not None:
             yield sse_data(first)
         async for ev in events:
-            if ev.final and ev.finish_reason in ("timeout", "error"):
-                message = "generation timed out" if ev.finish_reason == "timeout" else ev.error
-                error = {"message": message, "type": f"{ev.finish_reason}_error", "param": None}
-                yield sse_data({"error": {**error, "code": ev.finish_reason}})
+            error = final_error(ev) if ev.final else None
+            if error is not None:
+                yield sse_data(error.body())
                 break
             if ev.text and not ev.final and text_chunk is not None:
                 yield text_chunk(ev.text)  # the per-token hot path: no dict, one small dumps
