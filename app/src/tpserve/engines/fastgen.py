@@ -32,6 +32,8 @@ from tpserve.engines.base import (
     load_config,
 )
 from tpserve.engines.fastgen_rope import use_fp32_rope
+from tpserve.memory import ModelShape
+from tpserve.memory import plan as memory_plan
 
 log = logging.getLogger("tpserve.engines.fastgen")
 
@@ -53,8 +55,9 @@ class FastGenSettings:
     #: Neither: RESERVE mode, leave ``kv_reserve_bytes`` free (DeepSpeed's default takes ~all memory).
     kv_cache_blocks: int | None = None
     kv_cache_gb: float = 0.0
-    #: GPU memory left free after the KV cache is allocated (RESERVE mode).
-    kv_reserve_bytes: int = 8 * 2**30
+    #: GPU memory left free after the KV cache is allocated (RESERVE mode); 0: computed by
+    #: tpserve.memory (workspace of one step + CUDA overhead), what an A10 with a 7B model needs.
+    kv_reserve_bytes: int = 0
     #: Tokens in one forward (prefill chunks + decode tokens): the chunked-prefill budget.
     max_batch_tokens: int = 2048
     #: Sequences in one forward.
@@ -138,10 +141,22 @@ class FastGenEngine(Engine):
             if settings.kv_cache_gb
             else None
         )
+        free_bytes, _ = torch.cuda.mem_get_info(self.device)
+        self.memory = memory_plan(
+            ModelShape.from_config(self.config),
+            settings.tp_size,
+            free_bytes,
+            settings.max_batch_tokens,
+            settings.max_batch_sequences,
+            settings.max_context,
+            settings.kv_cache_gb,
+        )
+        if self.memory.problem:  # before 15 GB are loaded, and with the numbers
+            raise EngineError(f"GPU {self.local_rank}: {self.memory.problem}")
         if self.kv_blocks_asked:
             memory = {"mode": "allocate", "size": self.kv_blocks_asked}
-        else:
-            memory = {"mode": "reserve", "size": settings.kv_reserve_bytes}
+        else:  # the KV cache takes what the weights leave, less the computed headroom
+            memory = {"mode": "reserve", "size": settings.kv_reserve_bytes or self.memory.headroom_bytes}
         # DeepSpeed sizes the attention-atom buffer by max_ragged_sequence_count, but a sequence
         # needs one atom per q-block of its chunk: a 2009-token chunk = 16 atoms. Too few atoms
         # silently corrupt attention (seen: rel. logit error 0.45 on a 2100-token prompt with 4
@@ -338,6 +353,7 @@ class FastGenEngine(Engine):
             "max_batch_tokens": self.settings.max_batch_tokens,
             "kv_cache_blocks": self.kv_blocks_total,
             "kv_cache_free_blocks": self.free_kv_blocks,
+            "memory_plan": self.memory.describe(),
             "rope": self.rope,
             "load_s": self.load_s,
         }
