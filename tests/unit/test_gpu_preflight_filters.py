@@ -87,7 +87,7 @@ def test_wrong_count_names_the_variable() -> None:
 def test_old_driver_is_reported() -> None:
     problems = nvsmi.gpu_preflight_problems(nvsmi.nvidia_smi_gpus(A10), 1, "580.0")
     assert len(problems) == 1
-    assert "driver 550.127.05 < gpu_preflight_min_driver 580.0" in problems[0]
+    assert "driver 550.127.05 < 580.0, the minimum of the CUDA stack" in problems[0]
 
 
 def test_driver_compare_is_numeric_not_lexical() -> None:

@@ -103,8 +103,9 @@ def gpu_preflight_problems(
             problems.append(f"{label}: driver version unknown")
         elif _version_tuple(driver) < _version_tuple(str(min_driver)):
             problems.append(
-                f"{label}: driver {driver} < gpu_preflight_min_driver {min_driver}: "
-                "upgrade the NVIDIA driver"
+                f"{label}: driver {driver} < {min_driver}, the minimum of the CUDA stack "
+                "(tpserve_torch_version x tpserve_cuda_variant in tpserve_cuda_matrix): "
+                "upgrade the NVIDIA driver or choose another tpserve_cuda_variant"
             )
         memory = gpu.get("memory_mib")
         if need_mib and (memory is None or memory < int(need_mib)):
