@@ -276,3 +276,45 @@ def test_fake_smi_helper_prints_csv(tmp_path: Path) -> None:
     assert subprocess.run([str(smi)], capture_output=True, text=True, check=True).stdout == (
         "0, NVIDIA A10, 550.127.05\n"
     )
+
+
+def _nvcc_check(tmp_path: Path, variant: str, release: str):
+    """dl_stack's tasks/cuda_toolkit.yml on localhost with a stand-in nvcc. No apt: the repository
+    and toolkit steps are off (no dl_stack_cuda_apt_repo_url) and dl_stack_build_packages is []."""
+    home = tmp_path / f"cuda-{release}"
+    (home / "bin").mkdir(parents=True)
+    nvcc = home / "bin" / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    nvcc.chmod(0o755)
+    (tmp_path / "group_vars").symlink_to(REPO / "group_vars")
+    play = tmp_path / "nvcc.yml"
+    play.write_text(
+        "---\n- hosts: te1\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role: {name: dl_stack, tasks_from: cuda_toolkit.yml}\n"
+    )
+    inv = write_inventory(
+        tmp_path / "inv",
+        {
+            "tpserve_accelerator": "cuda",
+            "tpserve_engine": "autotp",
+            "tpserve_cuda_variant": variant,
+            "tpserve_cuda_home": str(home),
+            "dl_stack_build_packages": [],
+        },
+        nodes=1,
+    )
+    return run_playbook(tmp_path, inv, str(play))
+
+
+def test_nvcc_of_the_wheels_cuda_major_passes(tmp_path: Path) -> None:
+    run = _nvcc_check(tmp_path, "cu126", "12.6")
+    assert run.rc == 0, run.out[-3000:]
+    assert_nothing_changed(run)
+
+
+def test_nvcc_of_another_cuda_major_stops_naming_both(tmp_path: Path) -> None:
+    run = _nvcc_check(tmp_path, "cu130", "12.6")
+    assert run.rc != 0
+    out = " ".join(run.out.split())
+    assert "is CUDA 12.6, but torch 2.13.0+cu130 is built for CUDA 13.0" in out
+    assert "cuda-toolkit-13-0" in out and "tpserve_cuda_variant" in out
