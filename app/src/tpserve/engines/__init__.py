@@ -54,8 +54,8 @@ def fastgen_blocker(options: EngineOptions) -> str | None:
     model_type = str(load_config(options.model_dir).get("model_type", ""))
     if model_type not in FASTGEN_MODEL_TYPES:
         return f"model_type {model_type!r} has no FastGen implementation"
-    if options.tp_size > options.dist.local_size or options.dist.world_size > options.dist.local_size:
-        return "tensor parallel group spans hosts (FastGen TP is within one node)"
+    if options.dist.local_size > torch.cuda.device_count():
+        return f"{options.dist.local_size} ranks on this host but {torch.cuda.device_count()} GPU(s)"
     if not _module_available(ENGINES["fastgen"]):
         return "tpserve.engines.fastgen is not installed"
     if not _module_available("deepspeed.inference.v2"):
@@ -68,7 +68,9 @@ def select(name: str, options: EngineOptions) -> tuple[str, str]:
     if name == "auto":
         blocker = fastgen_blocker(options)
         if blocker is None:
-            return "fastgen", "auto: CUDA CC>=8.0, supported architecture, TP within one node"
+            hosts = options.dist.world_size // max(1, options.dist.local_size)
+            where = f"TP={options.tp_size} across {hosts} hosts (NCCL)" if hosts > 1 else "TP within one host"
+            return "fastgen", f"auto: CUDA CC>=8.0, supported architecture, {where}"
         return "autotp", f"auto: autotp because {blocker}"
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r}; choose auto or one of {sorted(ENGINES)}")

@@ -78,12 +78,11 @@ def fastgen_unavailable_reason(model_type: str, tp_size: int) -> str | None:
         return f"GPU compute capability {cc[0]}.{cc[1]} < 8.0 (FastGen kernels need Ampere or newer)"
     if model_type not in FASTGEN_MODEL_TYPES:
         return f"model_type {model_type!r} has no DeepSpeed v2 policy ({sorted(FASTGEN_MODEL_TYPES)})"
+    # Across hosts works when each host's ranks use their local GPUs (DeepSpeed's TP group only
+    # needs local_rank < tp_size): one single-GPU node = local rank 0 on every host.
     local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", tp_size)))
-    world = int(os.environ.get("WORLD_SIZE", tp_size))
-    if world != local_size:
-        return f"FastGen TP is within one node only (WORLD_SIZE={world}, LOCAL_SIZE={local_size})"
-    if tp_size > torch.cuda.device_count():
-        return f"tp_size {tp_size} > {torch.cuda.device_count()} GPUs on this node"
+    if local_size > torch.cuda.device_count():
+        return f"{local_size} ranks on this host but {torch.cuda.device_count()} GPU(s)"
     try:
         import deepspeed.inference.v2  # noqa: F401
     except Exception as exc:  # an import error of any kind means "cannot run here"
