@@ -158,3 +158,41 @@ def test_fuzz_every_request_ends_once_and_the_loop_survives(running: Running, ba
             )  # fmt: skip
             assert final.error_kind == "internal" and final.error
     assert _ok(asyncio.run(main_one(running))[0])
+
+
+class _SlowEngine(fakes.ScriptedEngine):
+    """A step that hangs for a while: what a partitioned or hung peer looks like from rank 0."""
+
+    def forward(self, uids, chunks):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(1.0)
+        return super().forward(uids, chunks)
+
+
+def test_health_reports_the_step_age_and_turns_stalled() -> None:
+
+    from tpserve.config import ServeConfig
+    from tpserve.service import Service
+
+    r = Running(_SlowEngine())
+    service = Service(ServeConfig(model_dir="/nonexistent", served_model_name="t", stall_timeout_s=0.4), 1)
+    service.ready(r.sched, "scripted", "test", {}, [])
+    try:
+        assert service.health()["status"] == "ok" and service.health()["step_age_sec"] == 0.0
+
+        async def main() -> list[dict]:
+            task = asyncio.ensure_future(r.generate([10], SamplingParams(max_new_tokens=1)))
+            seen = []
+            while not task.done():
+                seen.append(service.health())
+                await asyncio.sleep(0.05)
+            await task
+            return seen
+
+        seen = asyncio.run(main())
+        stalled = [h for h in seen if h["status"] == "stalled"]
+        assert stalled and all(h["step_age_sec"] > 0.4 for h in stalled), [h["step_age_sec"] for h in seen]
+        assert service.health()["status"] == "ok"  # the step ended: healthy again
+    finally:
+        r.stop()

@@ -37,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--step-timeout", type=float, default=300.0, help="seconds one step may take (0 = off)")
     p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=20.0,
+        help="on SIGTERM: seconds in-flight requests may still run (then 503); keep it below the "
+        "launcher's 30 s grace and systemd's TimeoutStopSec",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="/health says 503 'stalled' when a step runs this long",
+    )
+    p.add_argument(
         "--kv-cache-gb", type=float, default=0.0, help="fastgen: KV cache per GPU (0 = engine default)"
     )
     p.add_argument(
@@ -75,7 +88,7 @@ def _validate(a: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             p.error(f"--{name.replace('_', '-')} must be ≥ 1")
     if a.max_batch_tokens < 0:
         p.error("--max-batch-tokens must be ≥ 0 (0 = the engine's own budget)")
-    for name in ("request_timeout", "heartbeat_timeout"):
+    for name in ("request_timeout", "heartbeat_timeout", "drain_timeout", "stall_timeout"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if not 0 < a.port < 65536:
@@ -105,6 +118,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str, s
             max_body_bytes=a.max_body_bytes,
             heartbeat_timeout_s=a.heartbeat_timeout,
             step_timeout_s=a.step_timeout,
+            drain_timeout_s=a.drain_timeout,
+            stall_timeout_s=a.stall_timeout,
             kv_cache_gb=a.kv_cache_gb,
             max_batch_tokens=a.max_batch_tokens,
             kernel_inject=a.kernel_inject,

@@ -27,6 +27,10 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     heartbeat_timeout_s: float = 30.0
     step_timeout_s: float = 300.0
+    #: on SIGTERM: in-flight work may finish for this long, then what is left ends with a 503
+    drain_timeout_s: float = 20.0
+    #: /health turns 503 ("stalled") when one step has run this long (a hung peer, a partition)
+    stall_timeout_s: float = 30.0
     kv_cache_gb: float = 0.0
     max_batch_tokens: int = 0  # tokens per engine step; 0 = the engine's own budget
     kernel_inject: bool = False

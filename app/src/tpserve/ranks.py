@@ -53,6 +53,11 @@ class Watchdog:
         with self._lock:
             self._since = None
 
+    def busy_for(self) -> float:
+        with self._lock:
+            since = self._since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _watch(self) -> None:
         while True:
             time.sleep(min(1.0, self.limit_s / 4))

@@ -76,9 +76,28 @@ def run_worker(cfg: ServeConfig, info: DistInfo) -> int:
         dist.fatal(f"rank {info.rank}: {exc}", 2)
     except Exception as exc:
         dist.fatal(f"rank {info.rank}: start-up failed ({type(exc).__name__}: {exc})", 2)
+    _follow_rank0_on_sigterm(info.rank, cfg.drain_timeout_s)
     code = worker_loop(engine, channel, Watchdog(cfg.step_timeout_s))
     logging.shutdown()
     os._exit(code)
+
+
+def _follow_rank0_on_sigterm(rank: int, drain_timeout_s: float) -> None:
+    """A worker's SIGTERM (systemd stops every process of a unit, the launcher forwards it) must not
+    break the group while rank 0 drains: the worker keeps running steps until rank 0 broadcasts
+    'shutdown', and exits by itself if that does not come within the drain timeout + 10 s."""
+    import signal
+
+    def on_term(signum: int, _frame: Any) -> None:
+        log.info("rank %d: SIGTERM: following rank 0's drain (at most %.0f s)", rank, drain_timeout_s + 10)
+        timer = threading.Timer(
+            drain_timeout_s + 10, dist.fatal, (f"rank {rank}: no shutdown after SIGTERM", 0)
+        )
+        timer.daemon = True
+        timer.start()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:

@@ -145,6 +145,7 @@ class Scheduler:
         self._outbox: list[tuple[Request, Event]] = []  # events of this step, delivered together
         self._single_decode: dict[int, str] = {}  # decode([id]) cache shared by all TextStreams
         self._shutdown = threading.Event()
+        self._drain_deadline = float("inf")
         self.stopped = threading.Event()
         self.steps = 0
         self._phase = dict.fromkeys(PHASES, 0.0)  # seconds per phase since the last flush
@@ -162,14 +163,36 @@ class Scheduler:
     def in_flight(self) -> int:
         return self.queue_depth() + len(self.active)
 
-    def request_shutdown(self) -> None:
-        """Finish what is queued and running, then broadcast 'shutdown' and return from run()."""
+    def request_shutdown(self, drain_timeout_s: float = float("inf")) -> None:
+        """Finish what is queued and running, then broadcast 'shutdown' and return from run().
+        What is still queued or running after `drain_timeout_s` ends with a 503 (retry elsewhere)."""
+        self._drain_deadline = time.monotonic() + drain_timeout_s
         self._shutdown.set()
         self.pending.put(None)  # wake the loop now instead of at the next heartbeat
+
+    def step_age(self) -> float:
+        """Seconds the current step has been running (0 between steps): a hung peer shows here."""
+        return self.watchdog.busy_for()
+
+    def _drain_expired(self) -> None:
+        """The drain timeout passed: every request still here ends with a clean 503."""
+        reason = "the server is shutting down (drain timeout); retry"
+        for req in list(self.active):
+            self._finish(req, "error", error=reason)
+        while True:
+            try:
+                req = self._held or self.pending.get_nowait()
+            except queue.Empty:
+                break
+            self._held = None
+            if req is not None:
+                self._finish(req, "error", release=False, error=reason)
 
     # -- the loop (rank 0's engine thread) -------------------------------------------------
     def run(self) -> None:
         while True:
+            if self._shutdown.is_set() and time.monotonic() > self._drain_deadline:
+                self._drain_expired()
             self._reap()
             self._admit()
             if not self.active:

@@ -1,8 +1,10 @@
 """Rank 0's HTTP server: uvicorn in the main thread's event loop, with our own signal handling.
 
-SIGTERM/SIGINT (first): status 'draining' → new requests get 503, queued and running ones finish,
-the scheduler broadcasts 'shutdown' to every rank, then uvicorn stops and the process exits 0.
-A second signal exits at once (code 1).
+SIGTERM/SIGINT (first): status 'draining' → new requests get 503 + Retry-After, queued and running
+ones finish (for at most --drain-timeout, then they end with a 503), the scheduler broadcasts
+'shutdown' to every rank, then uvicorn stops and the process exits 0. Under systemd the whole unit
+gets SIGTERM and the DeepSpeed launcher forwards one more: further SIGTERMs are ignored while
+draining; a second SIGINT (Ctrl-C at a terminal) exits at once (code 1).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def serve_http(app: FastAPI, service: Service, host: str, port: int) -> int:
     def on_signal(signum: int) -> None:
         signals_seen.append(signum)
         if len(signals_seen) > 1:
+            if signum == signal.SIGTERM:  # systemd's and the launcher's: the drain goes on
+                log.info("SIGTERM again: already draining, ignored")
+                return
             fatal(f"second signal {signal.Signals(signum).name}: exiting without draining", 1)
         if service.scheduler is None:
             fatal(f"{signal.Signals(signum).name} while loading: exiting", 1)

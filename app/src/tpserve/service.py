@@ -84,7 +84,7 @@ class Service:
     def begin_drain(self) -> None:
         self.status = "draining"
         if self.scheduler is not None:
-            self.scheduler.request_shutdown()
+            self.scheduler.request_shutdown(self.config.drain_timeout_s)
 
     @property
     def accepting(self) -> bool:
@@ -134,8 +134,15 @@ class Service:
     # -- /health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         sched = self.scheduler
+        step_age = sched.step_age() if sched else 0.0
+        status = self.status
+        if status == "ok" and step_age > self.config.stall_timeout_s:
+            status = "stalled"  # a step that never ends: a hung or partitioned peer
         return {
-            "status": self.status,
+            "status": status,
+            "rank": 0,
+            "step_age_sec": round(step_age, 3),
+            "stall_timeout_sec": self.config.stall_timeout_s,
             "model": self.config.served_model_name,
             "model_dir": self.config.model_dir,
             "synthetic_model": self.synthetic,

@@ -1,0 +1,96 @@
+"""Graceful stop as systemd does it: SIGTERM to EVERY process of the group at once (the runner, the
+launchers and every rank), plus the one the DeepSpeed launcher forwards. In-flight work finishes
+(or ends with a clean 503 when the drain timeout passes), new work gets 503 + Retry-After, every
+rank exits 0. Own server: it does not depend on the order of test files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import API_KEY, launched, remove_shm_buffers
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _signal_group(pid: int) -> list[psutil.Process]:
+    """SIGTERM to the process and all its descendants, like systemd's KillMode=control-group."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGTERM)
+    return procs
+
+
+def test_group_wide_sigterm_drains_then_every_rank_exits_zero(model_dir: Path, tmp_path: Path) -> None:
+    extra = ("--max-new-tokens", "4000", "--drain-timeout", "4", "--request-timeout", "120")
+    with launched(model_dir, tmp_path / "drain.log", api_key=API_KEY, extra=extra) as srv:
+        results: dict[str, httpx.Response] = {}
+
+        def post(name: str, max_new: int) -> None:
+            body = {"prompt": f"drain {name}", "max_new_tokens": max_new, "ignore_eos": True}
+            results[name] = httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=90)
+
+        threads = [threading.Thread(target=post, args=a) for a in (("short", 24), ("long", 4000))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while httpx.get(srv.base_url + "/health", timeout=5).json()["in_flight"] < 2:
+            assert time.monotonic() < deadline, "requests never started"
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        signalled = _signal_group(srv.proc.pid)
+        time.sleep(0.3)
+        late = httpx.post(srv.base_url + "/generate", headers=AUTH, json={"prompt": "late"}, timeout=5)
+        assert late.status_code == 503 and "draining" in late.json()["error"]["message"], late.text
+        assert late.headers.get("retry-after"), late.headers
+        health = httpx.get(srv.base_url + "/health", timeout=5)
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+        for t in threads:
+            t.join(timeout=60)
+        short, long_ = results["short"], results["long"]
+        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 24, short.text
+        # the long one could not finish within the 4 s drain: a clean 503 with a reason, not a cut socket
+        assert long_.status_code == 503 and "shutting down" in long_.json()["error"]["message"], long_.text
+        assert long_.headers.get("retry-after")
+        # systemd waits for the whole unit (control group) to be empty; the runner itself dies of the
+        # SIGTERM at once (a clean stop for systemd), the launcher waits for its ranks
+        _gone, alive = psutil.wait_procs(signalled, timeout=40)
+        took = time.monotonic() - t0
+        print(f"SIGTERM x{len(signalled)}: short 200, long 503 at drain timeout, all gone in {took:.1f} s")
+        assert not alive, alive
+        assert took < 4 + 15, took
+        log = srv.log_path.read_text(errors="replace")
+        assert "following rank 0's drain" in log and "all ranks told to shut down" in log, log[-3000:]
+        assert "rank 1: shutdown after" in log and "CRITICAL" not in log, log[-3000:]
+    assert remove_shm_buffers(srv.master_port) == []
+
+
+def test_sigterm_to_rank0_alone_still_drains(model_dir: Path, tmp_path: Path) -> None:
+    """What a service manager that signals only the pid file's process does."""
+    pid_file = tmp_path / "rank0.pid"
+    with launched(
+        model_dir, tmp_path / "r0.log", api_key=API_KEY, extra=("--pid-file", str(pid_file))
+    ) as srv:
+        result: dict[str, httpx.Response] = {}
+        body = {"prompt": "drain me", "max_new_tokens": 64, "ignore_eos": True}
+        t = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=60)
+            )
+        )
+        t.start()
+        while httpx.get(srv.base_url + "/health", timeout=5).json()["in_flight"] == 0:
+            time.sleep(0.02)
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        t.join(timeout=60)
+        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 64
+        assert srv.proc.wait(timeout=30) == 0, srv.log_tail()
