@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import API_KEY, LaunchedServer
 
+from tpserve.schemas import REFERENCE_SYSTEM_PROMPT
+
 pytestmark = pytest.mark.slow
 
 CHINESE = "你好，请介绍一下你自己。"
@@ -49,9 +51,11 @@ def test_greedy_tokens_equal_single_process_transformers(
         r = post(server, "/generate", {"prompt": prompt, "max_new_tokens": 24}, auth)
         assert r.status_code == 200, r.text
         served = r.json()["output_token_ids"]
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        messages = [
+            {"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
+            {"role": "user", "content": prompt},
+        ]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
         with torch.inference_mode():
             out = model.generate(
@@ -75,6 +79,40 @@ def test_generate_reference_api(server: LaunchedServer, auth: dict[str, str]) ->
     )
     other = post(server, "/generate", {"prompt": CHINESE, "max_new_tokens": 8}, auth).json()
     assert other["usage"]["prompt_tokens"] != body["usage"]["prompt_tokens"]  # the system prompt was applied
+    # the reference app's defaults: its system prompt and 256 new tokens
+    explicit = {"prompt": CHINESE, "system_prompt": REFERENCE_SYSTEM_PROMPT, "max_new_tokens": 8}
+    same = post(server, "/generate", explicit, auth).json()
+    assert {**same, "generation_time_sec": 0} == {
+        **other,
+        "generation_time_sec": 0,
+    }  # the default is that prompt
+    whole = post(server, "/generate", {"prompt": "count", "ignore_eos": True}, auth).json()
+    assert whole["usage"]["completion_tokens"] == 256, whole["usage"]
+    health = httpx.get(server.base_url + "/health", timeout=10).json()
+    assert health["status"] == "ok" and health["rank"] == 0 and health["model"] == "tiny"
+
+
+def test_djl_style_predictions(server: LaunchedServer, auth: dict[str, str]) -> None:
+    url = server.base_url + "/predictions/tiny"
+    r = httpx.post(
+        url, content=b"Tell me a story.", headers={**auth, "content-type": "text/plain"}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body, list) and len(body) == 1 and isinstance(body[0]["generated_text"], str), body
+    same = post(server, "/v1/completions", {"model": "tiny", "prompt": "Tell me a story.", "max_tokens": 5,
+                                            "temperature": 0}, auth).json()["choices"][0]["text"]  # fmt: skip
+    djl = {"inputs": "Tell me a story.", "parameters": {"max_new_tokens": 5}}
+    short = httpx.post(url, json=djl, headers=auth, timeout=60)
+    assert short.status_code == 200 and short.json()[0]["generated_text"] == same, (short.text, same)
+    assert (
+        httpx.post(server.base_url + "/predictions/other", content=b"x", headers=auth, timeout=10).status_code
+        == 404
+    )
+    assert httpx.post(url, content=b"", headers=auth, timeout=10).status_code == 400
+    bad = httpx.post(url, json={"inputs": "x", "parameters": {"seed": 2**70}}, headers=auth, timeout=10)
+    assert bad.status_code == 422, bad.text
+    assert httpx.post(url, content=b"x", timeout=10).status_code == 401
 
 
 def test_models_and_chat_completion(server: LaunchedServer, auth: dict[str, str]) -> None:

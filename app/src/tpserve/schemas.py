@@ -41,10 +41,34 @@ class SamplingFields(_Req):
 
 
 # -- reference API -----------------------------------------------------------------------------
+#: The reference web app's /generate defaults (its app.py): a request that names neither gets these.
+REFERENCE_SYSTEM_PROMPT = "You are a helpful assistant."
+REFERENCE_MAX_NEW_TOKENS = 256
+
+
 class GenerateRequest(SamplingFields):
     prompt: str = Field(min_length=1)
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(
+        default=REFERENCE_SYSTEM_PROMPT, description='"" or null: no system message'
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description=f"default {REFERENCE_MAX_NEW_TOKENS} (at most the server's limit)"
+    )
+
+
+class PredictionParameters(_Req):
+    """DJLServing-style parameters of POST /predictions/<model> (JSON body {"inputs", "parameters"})."""
+
     max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOP_K)
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+
+
+class PredictionRequest(_Req):
+    inputs: str = Field(min_length=1)
+    parameters: PredictionParameters = Field(default_factory=PredictionParameters)
 
 
 class Usage(BaseModel):

@@ -33,7 +33,9 @@ def _count(service: Service) -> Callable[[str, int], None]:
     """Count every answer by endpoint and status (`tpserve_requests_total`)."""
 
     def on_response(path: str, status: int) -> None:
-        endpoint = path if path in ENDPOINTS else "other"
+        endpoint = (
+            path if path in ENDPOINTS else "/predictions" if path.startswith("/predictions/") else "other"
+        )
         service.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
 
     return on_response

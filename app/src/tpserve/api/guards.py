@@ -120,10 +120,10 @@ class Guards:
                 code="context_length_exceeded",
             )
 
-    def max_new(self, value: int | None, param: str) -> int:
-        """The request's token budget (the server's default when it names none), within the limit."""
+    def max_new(self, value: int | None, param: str, default: int | None = None) -> int:
+        """The request's token budget (`default`, else the server's, when it names none), within the limit."""
         if value is None:
-            return min(self.cfg.default_max_new_tokens, self.cfg.max_new_tokens)
+            return min(default or self.cfg.default_max_new_tokens, self.cfg.max_new_tokens)
         if value > self.cfg.max_new_tokens:
             raise APIError(
                 422,

@@ -6,10 +6,18 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
+from tpserve.api.errors import APIError
 from tpserve.api.generation import collect, sampling_params, usage
 from tpserve.api.guards import Guards
-from tpserve.schemas import GenerateRequest, GenerateResponse
+from tpserve.schemas import (
+    REFERENCE_MAX_NEW_TOKENS,
+    GenerateRequest,
+    GenerateResponse,
+    PredictionRequest,
+    SamplingFields,
+)
 from tpserve.service import Service
 
 
@@ -29,7 +37,7 @@ def native_router(service: Service, guards: Guards) -> APIRouter:
     @router.post("/generate", dependencies=[Depends(guards.authorize)])
     async def generate(body: GenerateRequest, http: Request) -> GenerateResponse:
         guards.admit()
-        n_max = guards.max_new(body.max_new_tokens, "max_new_tokens")
+        n_max = guards.max_new(body.max_new_tokens, "max_new_tokens", REFERENCE_MAX_NEW_TOKENS)
         guards.check_text_size(body.prompt, body.system_prompt)
         messages = [{"role": "system", "content": body.system_prompt}] if body.system_prompt else []
         messages.append({"role": "user", "content": body.prompt})
@@ -46,5 +54,36 @@ def native_router(service: Service, guards: Guards) -> APIRouter:
             output_token_ids=out_ids,
             usage=usage(final),
         )
+
+    @router.post("/predictions/{model}", dependencies=[Depends(guards.authorize)])
+    async def predictions(model: str, http: Request) -> list[dict[str, str]]:
+        """DJLServing's text-generation call: the body is the prompt as plain text, or JSON
+        {"inputs": "...", "parameters": {...}}; the answer is [{"generated_text": <continuation>}]."""
+        guards.check_model(model)
+        raw = await http.body()
+        if http.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = PredictionRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                raise APIError(
+                    422, f"invalid predictions body: {exc.errors()[0]['msg']}", code="invalid_value"
+                ) from None
+        else:
+            try:
+                body = PredictionRequest(inputs=raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValidationError):
+                raise APIError(
+                    400, "the body must be a non-empty UTF-8 text prompt", param="inputs"
+                ) from None
+        guards.admit()
+        p = body.parameters
+        n_max = guards.max_new(p.max_new_tokens, "max_new_tokens", REFERENCE_MAX_NEW_TOKENS)
+        guards.check_text_size(body.inputs, param="inputs")
+        ids = service.encode_text(body.inputs)
+        guards.check_prompt(ids, n_max)
+        fields = SamplingFields(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=p.seed)
+        req = service.new_request(ids, sampling_params(fields, n_max, 0.0), "/predictions")
+        text, _ = await collect(req, service.events(req), service.config.request_timeout_s, http)
+        return [{"generated_text": text}]
 
     return router
