@@ -70,3 +70,16 @@ def test_timeout_queue_full_then_dead_rank_exits_nonzero(model_dir: Path, tmp_pa
     finally:
         srv.stop()
         assert remove_shm_buffers(srv.master_port) == []  # tpserve unlinked its own buffers at start-up
+
+
+def test_a_configuration_that_cannot_work_exits_2(model_dir: Path, tmp_path: Path) -> None:
+    """Exit 2 = do not restart (the unit's RestartPreventExitStatus=2): here fastgen on a CPU host."""
+    from conftest import LaunchedServer
+
+    srv = LaunchedServer(model_dir, tmp_path / "cfg.log", extra=("--engine", "fastgen"))
+    try:
+        code = srv.proc.wait(timeout=120)
+    finally:
+        srv.stop()
+    assert code == 2, srv.log_tail()
+    assert "engine fastgen was asked for but cannot run" in srv.log_path.read_text(errors="replace")

@@ -129,6 +129,16 @@ class MemoryPlan:
         }
 
 
+def fastgen_step_tokens(max_batch_size: int) -> int:
+    """Tokens in one fastgen forward (its chunked-prefill budget) for a batch size."""
+    return max(2048, min(16384, max(1, max_batch_size) * 256))
+
+
+def default_max_context(cfg: dict[str, Any], max_seq_len: int = 0) -> int:
+    """Longest sequence served: --max-seq-len, else the model's positions capped at 8192."""
+    return max_seq_len or min(int(cfg.get("max_position_embeddings", 8192)), 8192)
+
+
 def gib(n: float) -> float:
     return round(n / GIB, 2)
 
@@ -167,13 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-gib", type=float, required=True, help="memory of one GPU (GiB)")
     ap.add_argument("--kv-cache-gb", type=float, default=0.0)
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--max-batch-tokens", type=int, default=2048)
-    ap.add_argument("--max-seq-len", type=int, default=8192)
+    ap.add_argument("--max-batch-tokens", type=int, default=0, help="0: fastgen's budget for the batch size")
+    ap.add_argument("--max-seq-len", type=int, default=0, help="0: the model's, capped at 8192")
     args = ap.parse_args(argv)
     cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
     result = plan(
-        ModelShape.from_config(cfg), args.tp, int(args.gpu_gib * GIB), args.max_batch_tokens,
-        args.max_batch_size, args.max_seq_len, args.kv_cache_gb,
+        ModelShape.from_config(cfg), args.tp, int(args.gpu_gib * GIB),
+        args.max_batch_tokens or fastgen_step_tokens(args.max_batch_size), args.max_batch_size,
+        default_max_context(cfg, args.max_seq_len), args.kv_cache_gb,
     )  # fmt: skip
     print(json.dumps(result.describe()))
     if result.problem:

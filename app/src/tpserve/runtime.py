@@ -1,4 +1,8 @@
-"""Bring one rank up (process group, engine choice, engine, sharding report) and run its role."""
+"""Bring one rank up (process group, engine choice, engine, sharding report) and run its role.
+
+Exit codes: 2 = the configuration cannot work (EngineError: model/engine/TP/memory; argparse's
+usage errors are 2 too): systemd does not restart it (RestartPreventExitStatus=2) and serve.yml
+shows the journal; 1 = anything else at start-up or a broken group (may be transient: restarted)."""
 
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ def run_worker(cfg: ServeConfig, info: DistInfo) -> int:
     except EngineError as exc:
         dist.fatal(f"rank {info.rank}: {exc}", 2)
     except Exception as exc:
-        dist.fatal(f"rank {info.rank}: start-up failed ({type(exc).__name__}: {exc})", 2)
+        dist.fatal(f"rank {info.rank}: start-up failed ({type(exc).__name__}: {exc})", 1)
     _follow_rank0_on_sigterm(info.rank, cfg.drain_timeout_s)
     code = worker_loop(engine, channel, Watchdog(cfg.step_timeout_s))
     logging.shutdown()
@@ -133,7 +137,7 @@ def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
             dist.fatal(f"rank 0: {exc}", 2)
         except Exception as exc:
             log.exception("start-up failed")
-            dist.fatal(f"rank 0: start-up failed ({type(exc).__name__}: {exc})", 2)
+            dist.fatal(f"rank 0: start-up failed ({type(exc).__name__}: {exc})", 1)
         try:
             scheduler.run()
         except Exception as exc:

@@ -32,7 +32,7 @@ from tpserve.engines.base import (
     load_config,
 )
 from tpserve.engines.fastgen_rope import use_fp32_rope
-from tpserve.memory import ModelShape
+from tpserve.memory import ModelShape, default_max_context, fastgen_step_tokens
 from tpserve.memory import plan as memory_plan
 
 log = logging.getLogger("tpserve.engines.fastgen")
@@ -360,13 +360,13 @@ class FastGenEngine(Engine):
 
 def settings_from_options(options: EngineOptions) -> FastGenSettings:
     cfg = load_config(options.model_dir)
-    max_ctx = options.max_seq_len or min(int(cfg.get("max_position_embeddings", 8192)), 8192)
+    max_ctx = default_max_context(cfg, options.max_seq_len)
     seqs = max(1, options.max_batch_size)
     return FastGenSettings(
         model_dir=options.model_dir,
         tp_size=options.tp_size,
         kv_cache_gb=options.kv_cache_gb,
-        max_batch_tokens=max(2048, min(16384, seqs * 256)),
+        max_batch_tokens=fastgen_step_tokens(seqs),
         max_batch_sequences=seqs,
         max_tracked_sequences=max(seqs, 2 * seqs),
         max_context=max_ctx,
