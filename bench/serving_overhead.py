@@ -51,6 +51,7 @@ from tpserve.api import build_app  # noqa: E402
 from tpserve.config import ServeConfig  # noqa: E402
 from tpserve.dist import Channel  # noqa: E402
 from tpserve.engines.base import DistInfo, Engine  # noqa: E402
+from tpserve.messages import Step  # noqa: E402
 from tpserve.ranks import Watchdog  # noqa: E402
 from tpserve.scheduler import Scheduler  # noqa: E402
 from tpserve.service import Service  # noqa: E402
@@ -228,12 +229,7 @@ def _channel_rank(rank: int, port: int, counts: list[int], iters: int, out: Any)
     channel = Channel(DistInfo(rank=rank, world_size=2, local_size=2), group)
     result = {}
     for n in counts:
-        msg = {
-            "op": "step",
-            "uids": list(range(1000, 1000 + n)),
-            "chunks": [[151000 + i] for i in range(n)],
-        }
-        msg["release"] = [7]
+        msg = Step(list(range(1000, 1000 + n)), [[151000 + i] for i in range(n)], [7])
         times = []
         for _ in range(3):
             for _ in range(iters // 10):  # warm-up

@@ -12,6 +12,7 @@ import pytest
 
 from tpserve import stepwire
 from tpserve.mailbox import Mailbox, MailboxTimeout
+from tpserve.messages import Heartbeat, Step
 
 CAPACITY = 64
 
@@ -41,9 +42,9 @@ def box_path(tmp_path: Path) -> str:
 def test_messages_arrive_in_order_and_the_writer_waits_for_the_reader(box_path: str) -> None:
     writer = Mailbox(box_path, world_size=2, rank=0, capacity=CAPACITY, create=True)
     messages = [
-        stepwire.encode({"op": "step", "uids": [1, 2], "chunks": [[5, 6, 7], [9]], "release": []}),
+        stepwire.encode(Step([1, 2], [[5, 6, 7], [9]], [])),
         None,  # "read it from gloo"
-        stepwire.encode({"op": "heartbeat", "release": [1]}),
+        stepwire.encode(Heartbeat([1])),
         [2**62, -(2**62), 0],
     ]
     reader, out = _start_reader(box_path, len(messages), delay_s=0.2)
@@ -54,7 +55,7 @@ def test_messages_arrive_in_order_and_the_writer_waits_for_the_reader(box_path: 
     got = out.get(timeout=30)
     reader.join(timeout=10)
     assert got == messages
-    assert stepwire.decode(got[0])["chunks"] == [[5, 6, 7], [9]]
+    assert stepwire.decode(got[0]).chunks == [[5, 6, 7], [9]]
     # the reader sleeps 0.2 s after each message: the writer may not overwrite an unread one
     assert waited >= 0.5, f"writer did not wait for the reader's acknowledgements ({waited:.2f} s)"
     writer.unlink()

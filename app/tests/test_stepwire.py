@@ -15,55 +15,64 @@ from conftest import free_port
 from tpserve import stepwire
 from tpserve.dist import Channel
 from tpserve.engines.base import DistInfo
+from tpserve.messages import Heartbeat, Message, Shutdown, Step
 
 
-def _messages(rng: random.Random) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [
-        {"op": "heartbeat", "release": []},
-        {"op": "heartbeat", "release": [3, 9]},
-        {"op": "shutdown", "release": [1]},
-        {"op": "step", "uids": [7], "chunks": [[1, 2, 3]], "release": []},
-        {"op": "step", "uids": [], "chunks": [], "release": [5]},
+def _messages(rng: random.Random) -> list[Message]:
+    out: list[Message] = [
+        Heartbeat([]),
+        Heartbeat([3, 9]),
+        Shutdown([1]),
+        Step([7], [[1, 2, 3]], []),
+        Step([], [], [5]),
     ]
     for _ in range(30):
         n = rng.randint(1, 80)
         out.append(
-            {
-                "op": "step",
-                "uids": rng.sample(range(1, 10**9), n),
-                "chunks": [[rng.randrange(152064)] * rng.choice([1, 1, 1, 37]) for _ in range(n)],
-                "release": [rng.randrange(10**6) for _ in range(rng.randint(0, 5))],
-            }
+            Step(
+                rng.sample(range(1, 10**9), n),
+                [[rng.randrange(152064)] * rng.choice([1, 1, 1, 37]) for _ in range(n)],
+                [rng.randrange(10**6) for _ in range(rng.randint(0, 5))],
+            )
         )
     # long prompts: more than one buffer (the CONTINUED path)
-    out.append({"op": "step", "uids": [1, 2], "chunks": [list(range(3000)), [5]], "release": [4]})
+    out.append(Step([1, 2], [list(range(3000)), [5]], [4]))
     return out
 
 
 def test_round_trip_and_kinds() -> None:
     for msg in _messages(random.Random(0)):
         ints = stepwire.encode(msg)
-        assert ints is not None
         assert ints[0] == (stepwire.COMPACT if len(ints) <= stepwire.SLOTS else stepwire.CONTINUED)
         assert stepwire.decode(ints) == msg
-    decode_64 = {"op": "step", "uids": list(range(64)), "chunks": [[9]] * 64, "release": list(range(8))}
-    assert len(stepwire.encode(decode_64) or []) <= stepwire.SLOTS  # a bs=64 decode step: one broadcast
+    decode_64 = Step(list(range(64)), [[9]] * 64, list(range(8)))
+    assert len(stepwire.encode(decode_64)) <= stepwire.SLOTS  # a bs=64 decode step: one broadcast
 
 
 @pytest.mark.parametrize(
-    "msg",
+    "build",
     [
-        {"op": "step", "uids": [1], "chunks": [["a"]], "release": []},
-        {"op": "step", "uids": [1], "chunks": [[1]], "release": [], "extra": 1},
-        {"op": "step", "uids": [1, 2], "chunks": [[1]], "release": []},
-        {"op": "step", "uids": [True], "chunks": [[1]], "release": []},
-        {"op": "step", "uids": [2**70], "chunks": [[1]], "release": []},
-        {"op": "reload", "release": []},
-        None,
+        lambda: Step([1], [["a"]], []),
+        lambda: Step([1, 2], [[1]], []),
+        lambda: Step([True], [[1]], []),
+        lambda: Step([2**70], [[1]], []),
+        lambda: Heartbeat([2**64]),
+        lambda: {"op": "step", "uids": [1], "chunks": [[1]], "release": []},
+        lambda: None,
     ],
 )
-def test_not_encodable_goes_pickled(msg: Any) -> None:
-    assert stepwire.encode(msg) is None
+def test_what_is_not_a_message_of_int64s_is_refused(build: Any) -> None:
+    """No pickle fallback: anything but a typed message of 64-bit ints is an error at the sender."""
+    with pytest.raises(ValueError):
+        stepwire.encode(build())
+
+
+def test_a_malformed_buffer_is_an_error() -> None:
+    ints = stepwire.encode(Step([1], [[2, 3]], []))
+    with pytest.raises(ValueError):
+        stepwire.decode([*ints, 99])
+    with pytest.raises(ValueError):
+        stepwire.decode([1, 5, 9, 0, 0])
 
 
 def _rank(rank: int, port: int, messages: list[Any], results: Any, timeout_s: float) -> None:
@@ -87,7 +96,7 @@ def _rank(rank: int, port: int, messages: list[Any], results: Any, timeout_s: fl
 
 
 def test_two_rank_gloo_broadcast_and_timeout() -> None:
-    messages: list[Any] = [*_messages(random.Random(1)), {"op": "odd", "payload": ("x", 1.5)}]
+    messages: list[Any] = _messages(random.Random(1))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port, timeout_s = free_port(), 3.0
@@ -96,7 +105,7 @@ def test_two_rank_gloo_broadcast_and_timeout() -> None:
         p.start()
     try:
         got = results.get(timeout=120)
-        assert got == messages  # the pickled fallback included
+        assert got == messages
         err, waited = results.get(timeout=60)
         assert err != "no error" and timeout_s - 0.5 <= waited <= timeout_s + 30, (err, waited)
     finally:

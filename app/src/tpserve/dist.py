@@ -75,16 +75,15 @@ class Channel:
             return self._gloo_broadcast(message)
         if self.info.rank == 0:
             ints = stepwire.encode(message)
-            fits = ints is not None and len(ints) <= box.capacity
+            fits = len(ints) <= box.capacity
             box.send(ints if fits else None, self.timeout_s, MAILBOX_SPIN_S)
             return message if fits else self._gloo_broadcast(message)
         ints = box.receive(self.timeout_s, MAILBOX_SPIN_S)
         return stepwire.decode(ints) if ints is not None else self._gloo_broadcast(None)
 
     def _gloo_broadcast(self, message: Any = None) -> Any:
-        """Step/heartbeat/shutdown dicts of ints: ONE broadcast of a pre-sized int64 tensor (a second
-        one for a prompt longer than the buffer); anything else: that header, then a pickle
-        (see tpserve.stepwire for the format)."""
+        """ONE broadcast of a pre-sized int64 tensor (a second one for a prompt longer than the
+        buffer); see tpserve.stepwire for the format. Never a pickle."""
         import torch
         import torch.distributed as tdist
 
@@ -93,21 +92,15 @@ class Channel:
         buf = self._buf
         if self.info.rank == 0:
             ints = stepwire.encode(message)
-            head = [stepwire.PICKLED, 0] if ints is None else ints[: stepwire.SLOTS]
+            head = ints[: stepwire.SLOTS]
             buf[: len(head)] = torch.tensor(head, dtype=torch.int64)
             tdist.broadcast(buf, src=0, group=self.group)
-            if ints is None:
-                tdist.broadcast_object_list([message], src=0, group=self.group)
-            elif len(ints) > stepwire.SLOTS:
+            if len(ints) > stepwire.SLOTS:
                 rest = torch.tensor(ints[stepwire.SLOTS :], dtype=torch.int64)
                 tdist.broadcast(rest, src=0, group=self.group)
             return message
         tdist.broadcast(buf, src=0, group=self.group)
         kind, total = buf[:2].tolist()
-        if kind == stepwire.PICKLED:
-            box = [None]
-            tdist.broadcast_object_list(box, src=0, group=self.group)
-            return box[0]
         ints = buf[: min(total, stepwire.SLOTS)].tolist()
         if kind == stepwire.CONTINUED:
             rest = torch.empty(total - stepwire.SLOTS, dtype=torch.int64)
@@ -119,11 +112,28 @@ class Channel:
         """Gather on the default group (long timeout: ranks may finish loading at different times)."""
         if self.info.world_size == 1:
             return [obj]
-        import torch.distributed as tdist
+        return all_gather_json(obj, self.info.world_size)
 
-        out: list[Any] = [None] * self.info.world_size
-        tdist.all_gather_object(out, obj)
-        return out
+
+def all_gather_json(obj: Any, world_size: int, group: Any = None) -> list[Any]:
+    """Every rank's JSON-able `obj`, as JSON bytes in uint8 tensors (no pickle on the wire): the
+    sizes first, then the padded bytes. On an NCCL group the tensors live on this rank's GPU."""
+    import json
+
+    import torch
+    import torch.distributed as tdist
+
+    device = "cuda" if tdist.get_backend(group) == "nccl" else "cpu"
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8).to(device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    tdist.all_gather(sizes, size, group=group)
+    lengths = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    out = [torch.zeros_like(padded) for _ in range(world_size)]
+    tdist.all_gather(out, padded, group=group)
+    return [json.loads(bytes(o[:n].cpu().tolist())) for o, n in zip(out, lengths, strict=True)]
 
 
 def init(info: DistInfo, device: str, heartbeat_timeout_s: float, startup_timeout_s: float = 1800) -> Channel:
@@ -175,7 +185,6 @@ def attach_mailbox(info: DistInfo, group: Any) -> Mailbox | None:
     Every rank learns whether all of them could map it (all-gather); if one could not (no writable
     /dev/shm in its sandbox, say), all use gloo.
     """
-    import torch.distributed as tdist
 
     path = "/dev/shm/tpserve-ctl-{}-{}-{}".format(
         os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
@@ -187,16 +196,13 @@ def attach_mailbox(info: DistInfo, group: Any) -> Mailbox | None:
             box = Mailbox(path, info.world_size, 0, MAILBOX_CAPACITY, create=True)
         except OSError as exc:
             problem = f"rank 0 cannot create {path}: {exc}"
-    created: list[Any] = [None] * info.world_size
-    tdist.all_gather_object(created, problem, group=group)
-    problem = created[0]
+    problem = all_gather_json(problem, info.world_size, group)[0]
     if info.rank != 0 and not problem:
         try:
             box = Mailbox(path, info.world_size, info.rank, MAILBOX_CAPACITY, create=False)
         except OSError as exc:
             problem = f"rank {info.rank} cannot map {path}: {exc}"
-    mapped: list[Any] = [None] * info.world_size
-    tdist.all_gather_object(mapped, problem, group=group)
+    mapped = all_gather_json(problem, info.world_size, group)
     if info.rank == 0 and box is not None:
         box.unlink()
     problems = [p for p in mapped if p]

@@ -1,10 +1,8 @@
 """The rank protocol: every rank runs every step that rank 0 broadcasts.
 
-Messages (dicts over the gloo control group; encoded as one int64 tensor, see tpserve.stepwire):
-    {"op": "step", "uids": [...], "chunks": [[...], ...], "release": [...]}  → engine.forward
-    {"op": "heartbeat", "release": [...]}                                     → nothing (alive)
-    {"op": "shutdown", "release": [...]}                                      → exit 0
-`release` lists finished sequences; every rank frees them before doing anything else.
+Messages: tpserve.messages (Step → engine.forward, Heartbeat → nothing, Shutdown → exit 0), each
+with the `release` list of finished sequences that every rank frees first; over the shared-memory
+mailbox or the gloo control group, encoded as int64s by tpserve.stepwire.
 
 A rank that waits longer than the control group's timeout, or whose collective fails, exits
 non-zero at once (dist.fatal). The Watchdog also kills a rank whose step hangs (NCCL can block
@@ -16,22 +14,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import torch
 
 from tpserve.dist import Channel, fatal
 from tpserve.engines.base import Engine
+from tpserve.messages import Message, Shutdown, Step
 
 log = logging.getLogger("tpserve.ranks")
 
 
-def execute(engine: Engine, message: dict[str, Any]) -> torch.Tensor | None:
+def execute(engine: Engine, message: Message) -> torch.Tensor | None:
     """Apply one broadcast message on this rank (identical on every rank)."""
-    for uid in message.get("release", ()):
+    for uid in message.release:
         engine.release(uid)
-    if message["op"] == "step":
-        return engine.forward(message["uids"], message["chunks"])
+    if isinstance(message, Step):
+        return engine.forward(message.uids, message.chunks)
     return None
 
 
@@ -80,9 +78,9 @@ def worker_loop(engine: Engine, channel: Channel, watchdog: Watchdog) -> int:
         try:
             execute(engine, message)
         except Exception as exc:
-            fatal(f"rank {rank}: step {message.get('op')} failed ({type(exc).__name__}: {exc})")
+            fatal(f"rank {rank}: {type(message).__name__} failed ({type(exc).__name__}: {exc})")
         watchdog.idle()
-        if message["op"] == "shutdown":
+        if isinstance(message, Shutdown):
             log.info("rank %d: shutdown after %d steps", rank, steps)
             return 0
-        steps += message["op"] == "step"
+        steps += isinstance(message, Step)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from tpserve.engines.base import Engine
+from tpserve.messages import Heartbeat, Message, Shutdown, Step
 from tpserve.metrics import Metrics
 from tpserve.ranks import Watchdog, execute
 from tpserve.sampling import Failed, SamplingParams, make_generator, sample_batch
@@ -199,13 +200,13 @@ class Scheduler:
                 self._deliver()
                 self._flush_phases()
                 if self._shutdown.is_set() and self.pending.empty() and self._held is None:
-                    self._broadcast({"op": "shutdown"})
+                    self._broadcast(Shutdown)
                     self.stopped.set()
                     return
                 try:
                     req = self.pending.get(timeout=self.heartbeat_interval_s)
                 except queue.Empty:
-                    self._broadcast({"op": "heartbeat"})
+                    self._broadcast(Heartbeat)
                     continue
                 if req is not None:
                     self._start(req)
@@ -213,8 +214,8 @@ class Scheduler:
                 continue
             self._step()
 
-    def _broadcast(self, message: dict[str, Any]) -> torch.Tensor | None:
-        message["release"], self._release = self._release, []
+    def _broadcast(self, kind: type[Message], *args: Any) -> torch.Tensor | None:
+        message, self._release = kind(*args, release=self._release), []
         self.watchdog.busy()
         t0 = time.perf_counter()
         msg = self.channel.broadcast(message)
@@ -295,7 +296,7 @@ class Scheduler:
         t0 = time.perf_counter()
         phase = self._phase
         phase["schedule"] += t0 - self._step_end
-        logits = self._broadcast({"op": "step", "uids": uids, "chunks": chunks})
+        logits = self._broadcast(Step, uids, chunks)
         self.steps += 1
         assert logits is not None
         # Events held back from the last step go out now: the HTTP event loop streams them while this
