@@ -74,12 +74,13 @@ def test_timeout_queue_full_then_dead_rank_exits_nonzero(model_dir: Path, tmp_pa
 
 def test_a_configuration_that_cannot_work_exits_2(model_dir: Path, tmp_path: Path) -> None:
     """Exit 2 = do not restart (the unit's RestartPreventExitStatus=2): here fastgen on a CPU host."""
-    from conftest import LaunchedServer
+    from conftest import LaunchedServer, remove_shm_buffers
 
     srv = LaunchedServer(model_dir, tmp_path / "cfg.log", extra=("--engine", "fastgen"))
     try:
         code = srv.proc.wait(timeout=120)
     finally:
         srv.stop()
+        remove_shm_buffers(srv.master_port)  # the ranks exit before unlinking DeepSpeed's buffers
     assert code == 2, srv.log_tail()
     assert "engine fastgen was asked for but cannot run" in srv.log_path.read_text(errors="replace")
