@@ -144,3 +144,48 @@ def test_body_limit_checks_header_and_real_bytes() -> None:
     assert client.post("/echo", content=b"x" * 101).status_code == 413
     r = client.post("/echo", content=iter([b"x" * 60, b"x" * 60]))  # chunked, no Content-Length
     assert r.status_code == 413 and "exceeds 100 bytes" in r.json()["error"]["message"]
+
+
+def test_cli_is_generated_from_serve_config(model_dir: Path) -> None:
+    """Every ServeConfig setting has a flag whose default IS the field's default (one owner)."""
+    import dataclasses
+
+    from tpserve.cli import build_parser, cli_fields, config_from_args, flag_of
+    from tpserve.config import ServeConfig
+
+    parser = build_parser()
+    flags = {a.dest: a for a in parser._actions}
+    for f in cli_fields():
+        assert f.name in flags, f.name
+        assert flags[f.name].default == f.default, (f.name, flags[f.name].default, f.default)
+    cfg, _, _ = config_from_args(["--model", str(model_dir)])
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(ServeConfig)
+        if f.name not in ("model_dir", "served_model_name", "api_key")
+    }
+    assert {k: getattr(cfg, k) for k in defaults} == defaults
+    assert cfg.served_model_name == model_dir.name
+    cfg, _, _ = config_from_args(["--model", str(model_dir), "--request-timeout", "300", "--no-batch-decode"])
+    assert cfg.request_timeout_s == 300 and cfg.batch_decode is False
+    assert flag_of(next(f for f in cli_fields() if f.name == "batch_decode")) == "--no-batch-decode"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "0"], "--port must be ≥ 1"),
+        (["--port", "70000"], "--port must be ≤ 65535"),
+        (["--request-timeout", "0"], "--request-timeout must be > 0"),
+        (["--max-batch-tokens", "-1"], "--max-batch-tokens must be ≥ 0"),
+        (["--engine", "vllm"], "invalid choice"),
+    ],
+)
+def test_cli_bounds_come_from_the_fields(
+    model_dir: Path, args: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    from tpserve.cli import config_from_args
+
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--model", str(model_dir), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tpserve.config import ServeConfig
+
 GIB = 2**30
 OVERHEAD_BYTES = int(1.5 * GIB)
 
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--gpu-gib", type=float, required=True, help="memory of one GPU (GiB)")
     ap.add_argument("--kv-cache-gb", type=float, default=0.0)
-    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-size", type=int, default=ServeConfig.max_batch_size)
     ap.add_argument("--max-batch-tokens", type=int, default=0, help="0: fastgen's budget for the batch size")
     ap.add_argument("--max-seq-len", type=int, default=0, help="0: the model's, capped at 8192")
     args = ap.parse_args(argv)
