@@ -21,8 +21,9 @@ from tpserve.dist import Channel
 from tpserve.engines.base import DistInfo
 from tpserve.metrics import Metrics
 from tpserve.ranks import Watchdog
+from tpserve.request import Event, Request
 from tpserve.sampling import SamplingParams
-from tpserve.scheduler import Event, Request, Scheduler
+from tpserve.scheduler import Scheduler
 
 
 class Running:

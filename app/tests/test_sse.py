@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from tpserve.api.sse import sse_data, text_chunk_template
-from tpserve.scheduler import Event
+from tpserve.request import Event
 
 
 def _completion_chunk(ev: Event) -> dict[str, Any]:  # the shapes tpserve.api streams

@@ -8,9 +8,6 @@ released on every rank through the `release` list of the next broadcast message.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import itertools
 import logging
 import queue
 import threading
@@ -20,100 +17,23 @@ from typing import Any
 
 import torch
 
+from tpserve import output, policy
 from tpserve.engines.base import Engine
 from tpserve.messages import Heartbeat, Message, Shutdown, Step
 from tpserve.metrics import Metrics
 from tpserve.ranks import Watchdog, execute
-from tpserve.sampling import Failed, SamplingParams, make_generator, sample_batch
+from tpserve.request import Event, Request, deliver
+from tpserve.sampling import Failed, make_generator, sample_batch
 from tpserve.textstream import TextStream
 
 log = logging.getLogger("tpserve.scheduler")
 
 
-@dataclasses.dataclass
-class Event:
-    """What the HTTP side receives: text deltas, then one final event."""
-
-    text: str = ""
-    token_id: int | None = None
-    finish_reason: str | None = None  # stop | length | timeout | cancelled | error
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None
-    #: with finish_reason "error": "capacity" (retry later: 503) or "internal" (this request only: 500)
-    error_kind: str = "capacity"
-
-    @property
-    def final(self) -> bool:
-        return self.finish_reason is not None
-
-
-_uids = itertools.count(1)
 PHASES = ("schedule", "broadcast", "forward", "sample", "emit")
 PHASE_FLUSH_STEPS = 16
 #: On a GPU, a step with more events than this hands them to the HTTP loop right after the NEXT
 #: step's launch (see _step): one step later, but the loop's work then overlaps the GPU's.
 DELIVER_NOW_MAX = 8
-#: Prompt tokens a step carries at least, even when decodes fill the token budget.
-MIN_PREFILL_CHUNK = 16
-
-
-class Request:
-    """One generation, shared by the HTTP coroutine (reader) and the scheduler thread (writer)."""
-
-    def __init__(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        timeout_s: float,
-        loop: asyncio.AbstractEventLoop,
-        endpoint: str = "",
-    ) -> None:
-        self.uid = next(_uids)
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.endpoint = endpoint
-        self.created = time.monotonic()
-        self.deadline = self.created + timeout_s
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = threading.Event()
-        self._loop = loop
-        # scheduler-thread state
-        self.output_ids: list[int] = []
-        self.prefill_pos = 0  # prompt tokens already sent to the engine (chunked prefill)
-        self.prefilled = False  # the whole prompt is in the engine and a token was sampled
-        self.generator: torch.Generator | None = None
-        self.stream: TextStream | None = None
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.finish_reason: str | None = None
-
-    def cancel(self) -> None:
-        """Called from the HTTP side (client went away, timeout): the scheduler drops it."""
-        self.cancelled.set()
-
-    def push(self, event: Event) -> None:
-        """Deliver one event now (one event-loop wake-up); the scheduler batches via deliver()."""
-        deliver([(self, event)])
-
-
-def _put_all(batch: list[tuple[Request, Event]]) -> None:
-    """Runs on the event loop: hand every event of one step to its request's queue."""
-    for req, event in batch:
-        req.events.put_nowait(event)
-
-
-def deliver(batch: list[tuple[Request, Event]]) -> None:
-    """One `call_soon_threadsafe` per event loop for a whole batch of events (in order)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Event]]] = {}
-    for item in batch:
-        by_loop.setdefault(item[0]._loop, []).append(item)
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_put_all, items)
-        except RuntimeError:  # the HTTP event loop is already closed (process ending)
-            for req, _ in items:
-                req.cancel()
 
 
 class Scheduler:
@@ -239,19 +159,19 @@ class Scheduler:
             if req.cancelled.is_set() or time.monotonic() > req.deadline:
                 self._start(req)  # finishes it without running it
                 continue
-            if not self._fits([*self.active, req]):
-                if self.active:
-                    self._held = req  # joins when running sequences finish
-                else:
-                    self._finish(req, "error", release=False, error="the prompt does not fit the KV cache")
+            decision = policy.admission(self.active, req, self._fits)
+            if decision == "hold":
+                self._held = req  # joins when running sequences finish
+                break
+            if decision == "refuse":
+                self._finish(req, "error", release=False, error="the prompt does not fit the KV cache")
                 break
             self._start(req)
         self.metrics.queue_depth.set(self.queue_depth())
 
     def _fits(self, batch: list[Request]) -> bool:
         """Ask the engine (KV blocks, sequence limits) whether one step over `batch` fits."""
-        lengths = [1 if r.prefilled else len(r.prompt_ids) - r.prefill_pos for r in batch]
-        return self.engine.can_schedule([r.uid for r in batch], lengths)
+        return self.engine.can_schedule([r.uid for r in batch], [policy.new_tokens(r) for r in batch])
 
     def _start(self, req: Request) -> None:
         if req.cancelled.is_set() or time.monotonic() > req.deadline:
@@ -275,19 +195,16 @@ class Scheduler:
                 self._finish(req, "timeout")
 
     def _step(self) -> None:
-        while self.active and not self._fits(self.active):
-            if len(self.active) > 1:
-                # decoding outgrew the KV cache: preempt the newest sequence (its client gets an error)
-                self._finish(self.active[-1], "error", error="KV cache exhausted; request preempted, retry")
-            else:  # a lone sequence that outgrows the whole cache ends where it is
-                lone = self.active[0]
-                if lone.prefilled:
-                    self._finish(lone, "length")
-                else:
-                    self._finish(lone, "error", error="the prompt does not fit the KV cache", kind="internal")
-        if not self.active:
+        plan = policy.plan_step(self.active, self._fits, self.token_budget)
+        for req in plan.preempt:  # decoding outgrew the KV cache: the newest sequences go (clients retry)
+            self._finish(req, "error", error="KV cache exhausted; request preempted, retry")
+        for req in plan.at_capacity:  # a lone sequence that outgrows the whole cache ends where it is
+            self._finish(req, "length")
+        for req in plan.too_big:
+            self._finish(req, "error", error="the prompt does not fit the KV cache", kind="internal")
+        if not plan.batch:
             return
-        batch, chunks = self._plan()
+        batch, chunks = plan.batch, plan.chunks
         prefills = sum(not r.prefilled for r in batch)
         if prefills:
             self.metrics.prefill_chunks.inc(prefills)
@@ -307,12 +224,7 @@ class Scheduler:
         # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
         # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
         # a sequence whose prompt is only partly in the engine has no next token yet
-        done = []
-        for row, (req, chunk) in enumerate(zip(batch, chunks, strict=True)):
-            if not req.prefilled:
-                req.prefill_pos += len(chunk)
-            if req.prefill_pos == len(req.prompt_ids):
-                done.append(row)
+        done = policy.advance(plan)
         sampled = [batch[row] for row in done]
         rows = logits
         if len(done) != len(batch):
@@ -344,32 +256,6 @@ class Scheduler:
         if self.steps % PHASE_FLUSH_STEPS == 0:
             self._flush_phases()
 
-    def _plan(self) -> tuple[list[Request], list[list[int]]]:
-        """This step's sequences and their new tokens: one token per decoding sequence, then prompt
-        chunks within the token budget (Dynamic SplitFuse: a long prompt is prefilled over several
-        steps, so running streams still get a token every step). At least one prompt chunk of
-        MIN_PREFILL_CHUNK tokens moves each step even when decodes use up the budget."""
-        batch: list[Request] = []
-        chunks: list[list[int]] = []
-        prefilling: list[Request] = []
-        for req in self.active:
-            if req.prefilled:
-                batch.append(req)
-                chunks.append(req.output_ids[-1:])
-            else:
-                prefilling.append(req)
-        room = None if self.token_budget is None else max(self.token_budget - len(batch), MIN_PREFILL_CHUNK)
-        for req in prefilling:
-            left = len(req.prompt_ids) - req.prefill_pos
-            take = left if room is None else min(left, room)
-            if take <= 0:
-                break
-            batch.append(req)
-            chunks.append(req.prompt_ids[req.prefill_pos : req.prefill_pos + take])
-            if room is not None:
-                room -= take
-        return batch, chunks
-
     def _flush_phases(self) -> None:
         """Add the phase times to the Prometheus counters (every few steps: inc() takes a lock)."""
         for name, seconds in self._phase.items():
@@ -390,21 +276,11 @@ class Scheduler:
         else:
             self.metrics.itl.observe(now - (req.last_token_at or now))
         req.last_token_at = now
-        req.output_ids.append(token)
-        assert req.stream is not None
-        if token in self.eos_ids and not req.params.ignore_eos:
-            self._finish(req, "stop")
-            return
-        delta = req.stream.add(token)
+        delta, finish = output.on_token(req, token, self.eos_ids, self.engine.max_seq_len)
         if delta:
             self._outbox.append((req, Event(text=delta, token_id=token)))
-        if req.stream.stopped:
-            self._finish(req, "stop")
-        elif (
-            len(req.output_ids) >= req.params.max_new_tokens
-            or len(req.prompt_ids) + len(req.output_ids) >= self.engine.max_seq_len
-        ):
-            self._finish(req, "length")
+        if finish:
+            self._finish(req, finish)
 
     def _finish(
         self,
@@ -420,16 +296,9 @@ class Scheduler:
             self._release.append(req.uid)
         req.finish_reason = reason
         try:
-            tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
+            final = output.final_event(req, reason, error, kind)
         except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped
             log.exception("request %d: final text could not be decoded", req.uid)
-            tail = ""
-        final = Event(
-            text=tail,
-            finish_reason=reason,
-            prompt_tokens=len(req.prompt_ids),
-            completion_tokens=len(req.output_ids),
-            error=error,
-            error_kind=kind,
-        )
+            req.stream = None
+            final = output.final_event(req, reason, error, kind)
         self._outbox.append((req, final))

@@ -16,8 +16,9 @@ from typing import Any
 from tpserve import __version__
 from tpserve.config import ServeConfig
 from tpserve.metrics import Metrics
+from tpserve.request import Event, Request
 from tpserve.sampling import SamplingParams
-from tpserve.scheduler import Event, Request, Scheduler
+from tpserve.scheduler import Scheduler
 
 
 class Service:
@@ -80,6 +81,9 @@ class Service:
         self.ranks = ranks
         self.max_seq_len = int(info.get("max_seq_len") or 0)
         self.status = "ok"
+
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth() if self.scheduler else 0
 
     def begin_drain(self) -> None:
         self.status = "draining"

@@ -3,14 +3,68 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 from fastapi import Request as HTTPRequest
 
 from tpserve.api.errors import APIError
+from tpserve.api.guards import Guards
+from tpserve.request import Event, Request
 from tpserve.sampling import SamplingParams
-from tpserve.scheduler import Event, Request
 from tpserve.schemas import SamplingFields, Usage
+from tpserve.service import Service
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """A request's prompt in one of its three forms; `param` names it in errors."""
+
+    text: str | None = None  # raw text (completions, predictions)
+    messages: list[dict[str, str]] | None = None  # through the chat template (chat, /generate)
+    token_ids: list[int] | None = None  # already tokens (OpenAI completions allow it)
+    param: str = "prompt"
+
+
+class Pipeline:
+    """The ONE way a route turns a checked body into a running request, in one fixed order:
+    admission (not loading, not draining, queue) -> token budget -> prompt size before tokenizing
+    -> tokenize (or check token ids) -> prompt/context limits -> submit. Routes call `submit`, then
+    `complete` (whole answer) or `events` (a stream); they never touch the scheduler."""
+
+    def __init__(self, service: Service, guards: Guards) -> None:
+        self.service, self.guards = service, guards
+
+    def submit(
+        self,
+        prompt: Prompt,
+        sampling: SamplingFields,
+        max_new: int | None,
+        max_param: str,
+        default_temperature: float,
+        endpoint: str,
+        default_max_new: int | None = None,
+    ) -> Request:
+        guards, service = self.guards, self.service
+        guards.admit()  # before anything reads the tokenizer (None while loading)
+        n_max = guards.max_new(max_new, max_param, default_max_new)
+        if prompt.token_ids is not None:
+            ids = list(prompt.token_ids)
+            guards.check_token_ids(ids)
+        elif prompt.messages is not None:
+            guards.check_text_size(*(m["content"] for m in prompt.messages), param=prompt.param)
+            ids = service.encode_chat(prompt.messages)
+        else:
+            guards.check_text_size(prompt.text, param=prompt.param)
+            ids = service.encode_text(prompt.text or "")
+        guards.check_prompt(ids, n_max)
+        return service.new_request(ids, sampling_params(sampling, n_max, default_temperature), endpoint)
+
+    def events(self, req: Request) -> AsyncIterator[Event]:
+        return self.service.events(req)
+
+    async def complete(self, req: Request, http: HTTPRequest) -> tuple[str, Event]:
+        return await collect(req, self.service.events(req), self.service.config.request_timeout_s, http)
 
 
 def sampling_params(body: SamplingFields, n_max: int, default_temperature: float) -> SamplingParams:

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from tpserve.api.errors import APIError
-from tpserve.api.generation import collect, sampling_params, usage
+from tpserve.api.generation import Pipeline, Prompt, usage
 from tpserve.api.guards import Guards
 from tpserve.api.sse import sse_response
-from tpserve.scheduler import Event
+from tpserve.request import Event
 from tpserve.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
 from tpserve.service import Service
 
@@ -60,6 +60,7 @@ class Envelope:
 def openai_router(service: Service, guards: Guards) -> APIRouter:
     cfg = service.config
     router = APIRouter(dependencies=[Depends(guards.authorize)])
+    pipeline = Pipeline(service, guards)
 
     def envelope(prefix: str, object_: str, key: str) -> Envelope:
         return Envelope(f"{prefix}-{uuid.uuid4().hex}", object_, int(time.time()), cfg.served_model_name, key)
@@ -87,21 +88,14 @@ def openai_router(service: Service, guards: Guards) -> APIRouter:
             raise APIError(
                 400, "exactly one prompt per request is supported", param="prompt", code="unsupported_value"
             )
-        guards.admit()  # before anything reads the tokenizer (None while loading)
-        n_max = guards.max_new(body.max_tokens, "max_tokens")
-        if token_ids:  # token ids as the prompt (OpenAI allows it; exact lengths for benchmarks)
-            ids = [int(t) for t in prompts[0]]
-            guards.check_token_ids(ids)
-        else:
-            guards.check_text_size(str(prompts[0]))
-            ids = service.encode_text(str(prompts[0]))
-        guards.check_prompt(ids, n_max)
-        req = service.new_request(ids, sampling_params(body, n_max, 1.0), "/v1/completions")
+        # token ids as the prompt: OpenAI allows it (exact lengths for benchmarks)
+        prompt = Prompt(token_ids=[int(t) for t in prompts[0]]) if token_ids else Prompt(text=str(prompts[0]))
+        req = pipeline.submit(prompt, body, body.max_tokens, "max_tokens", 1.0, "/v1/completions")
         out = envelope("cmpl", "text_completion", "text")
-        prefix = (service.decode(ids) if token_ids else str(prompts[0])) if body.echo else ""
+        prefix = (service.decode(req.prompt_ids) if token_ids else str(prompts[0])) if body.echo else ""
         if body.stream:
-            return out.stream(service.events(req), body.stream_options, lambda ev: ev.text)
-        text, final = await collect(req, service.events(req), cfg.request_timeout_s, http)
+            return out.stream(pipeline.events(req), body.stream_options, lambda ev: ev.text)
+        text, final = await pipeline.complete(req, http)
         return {**out.choice(prefix + text, final.finish_reason), "usage": usage(final).model_dump()}
 
     @router.post("/v1/chat/completions")
@@ -114,24 +108,20 @@ def openai_router(service: Service, guards: Guards) -> APIRouter:
             ]
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages", code="unsupported_value") from None
-        guards.admit()
-        n_max = guards.max_new(
-            body.max_completion_tokens or body.max_tokens,
-            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
-        )
-        guards.check_text_size(*(m["content"] for m in messages), param="messages")
-        ids = service.encode_chat(messages)
-        guards.check_prompt(ids, n_max)
-        req = service.new_request(ids, sampling_params(body, n_max, 1.0), "/v1/chat/completions")
+        max_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        req = pipeline.submit(
+            Prompt(messages=messages, param="messages"), body, body.max_completion_tokens or body.max_tokens,
+            max_param, 1.0, "/v1/chat/completions",
+        )  # fmt: skip
         out = envelope("chatcmpl", "chat.completion.chunk", "delta")
         if body.stream:
             return out.stream(
-                service.events(req),
+                pipeline.events(req),
                 body.stream_options,
                 lambda ev: {"content": ev.text} if ev.text else {},
                 first={"role": "assistant", "content": ""},
             )
-        text, final = await collect(req, service.events(req), cfg.request_timeout_s, http)
+        text, final = await pipeline.complete(req, http)
         whole = replace(out, object="chat.completion", key="message")
         message = {"role": "assistant", "content": text}
         return {**whole.choice(message, final.finish_reason), "usage": usage(final).model_dump()}

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from tpserve.api.generation import final_error, usage
-from tpserve.scheduler import Event
+from tpserve.request import Event
 
 _MARK = "\u0000tpserve-text\u0000"
 
