@@ -52,6 +52,11 @@ class ScriptedEngine(Engine):
     def release(self, uid: int) -> None:
         self.seqs.pop(uid, None)
 
+    def kv_blocks(self) -> tuple[int, int] | None:
+        """A paged cache of 16-token blocks over kv_tokens x max_batch tokens, like fastgen's."""
+        used = sum(-(-held // 16) for _, held in self.seqs.values())
+        return used, self.kv_tokens * self._max_batch // 16
+
     def can_schedule(self, uids: Sequence[int], lengths: Sequence[int]) -> bool:
         if len(uids) > self._max_batch:
             return False

@@ -197,3 +197,15 @@ def test_health_reports_the_step_age_and_turns_stalled() -> None:
         assert service.health()["status"] == "ok"  # the step ended: healthy again
     finally:
         r.stop()
+
+
+def test_metrics_kv_blocks_and_request_duration(running: Running) -> None:
+    asyncio.run(running.generate([10, 11], NORMAL))
+    for _ in range(20):  # the gauges follow every PHASE_FLUSH_STEPS steps or an idle loop
+        asyncio.run(running.generate([12], NORMAL))
+    text = running.sched.metrics.render().decode()
+    assert (
+        'tpserve_kv_cache_blocks{state="total"}' in text
+        and "tpserve_request_duration_seconds_count 21.0" in text
+    )
+    assert "tpserve_gpu_" not in text  # absent (not zero) without a GPU

@@ -227,6 +227,11 @@ def test_metrics(server: LaunchedServer, auth: dict[str, str]) -> None:
     }
     assert samples["tpserve_output_tokens_total"] >= 4
     assert samples["tpserve_time_to_first_token_seconds_count"] >= 1
+    assert (
+        samples["tpserve_request_duration_seconds_count"] >= 1 and samples["tpserve_model_load_seconds"] > 0
+    )
+    # CPU cluster, autotp: no GPU series and no paged KV cache: absent, not zero
+    assert "tpserve_gpu_" not in text and "tpserve_kv_cache_blocks" not in text
 
 
 BAD = [

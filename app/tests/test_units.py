@@ -189,3 +189,34 @@ def test_cli_bounds_come_from_the_fields(
     with pytest.raises(SystemExit) as exc:
         config_from_args(["--model", str(model_dir), *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gpu_collector_reads_nvml_at_scrape_time() -> None:
+    """The NVML calls the collector makes, against a stand-in for the driver's library (no GPU
+    here); a value a GPU does not report is left out, not zero."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tpserve.metrics import GpuCollector
+
+    def no_power(_h: object) -> float:
+        raise RuntimeError("not supported")
+
+    nvml = SimpleNamespace(
+        NVML_TEMPERATURE_GPU=0,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}".encode(),
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=50 + h),
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=10 * 2**30, total=24 * 2**30),
+        nvmlDeviceGetPowerUsage=lambda h: 150000 if h == 0 else no_power(h),
+        nvmlDeviceGetTemperature=lambda h, _kind: 60,
+    )
+    reg = CollectorRegistry()
+    reg.register(GpuCollector(nvml))
+    text = generate_latest(reg).decode()
+    assert 'tpserve_gpu_utilization_ratio{gpu="1",uuid="GPU-1"} 0.51' in text
+    assert 'tpserve_gpu_memory_total_bytes{gpu="0",uuid="GPU-0"} 2.5769803776e+10' in text
+    assert 'tpserve_gpu_power_watts{gpu="0",uuid="GPU-0"} 150.0' in text
+    assert 'tpserve_gpu_power_watts{gpu="1"' not in text

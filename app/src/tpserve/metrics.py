@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -52,6 +56,80 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("tpserve_requests_in_flight", "Generation requests being served", registry=r)
+        self.request_seconds = Histogram(
+            "tpserve_request_duration_seconds",
+            "Arrival to final event of a generation request (any outcome)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "tpserve_model_load_seconds", "Engine start-up: load + shard the model", registry=r
+        )
+        self.kv_blocks = Gauge(  # registered only for engines that report them (register_kv)
+            "tpserve_kv_cache_blocks",
+            "KV cache blocks of rank 0's engine (absent: no paged cache)",
+            ["state"],
+            registry=None,
+        )
+        self._kv_registered = False
+        self.gpu_problem: str | None = None
+
+    def register_kv(self) -> None:
+        if not self._kv_registered:
+            self.registry.register(self.kv_blocks)
+            self._kv_registered = True
+
+    def enable_gpu(self) -> str | None:
+        """Per-GPU series of this host from NVML (nvidia-ml-py), read at scrape time. On CPU
+        clusters they are absent, not zero. Returns why they are off (None: on)."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception as exc:  # the package or the driver's library is missing
+            self.gpu_problem = f"GPU metrics off: NVML unavailable ({type(exc).__name__}: {exc})"
+            return self.gpu_problem
+        self.registry.register(GpuCollector(pynvml))
+        return None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class GpuCollector:
+    """tpserve_gpu_{utilization_ratio,memory_used_bytes,memory_total_bytes,power_watts,temperature_celsius}
+    per GPU of this host (labels gpu = NVML index, uuid), read from NVML on every scrape."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        nvml = self.nvml
+        labels = ["gpu", "uuid"]
+        fams = {
+            "util": GaugeMetricFamily(
+                "tpserve_gpu_utilization_ratio", "GPU busy time share (NVML)", labels=labels
+            ),
+            "used": GaugeMetricFamily("tpserve_gpu_memory_used_bytes", "GPU memory used", labels=labels),
+            "total": GaugeMetricFamily("tpserve_gpu_memory_total_bytes", "GPU memory", labels=labels),
+            "power": GaugeMetricFamily("tpserve_gpu_power_watts", "GPU power draw", labels=labels),
+            "temp": GaugeMetricFamily("tpserve_gpu_temperature_celsius", "GPU temperature", labels=labels),
+        }
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = nvml.nvmlDeviceGetUUID(h)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+            key = [str(i), uuid]
+            readers = {
+                "util": lambda h=h: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0,
+                "used": lambda h=h: nvml.nvmlDeviceGetMemoryInfo(h).used,
+                "total": lambda h=h: nvml.nvmlDeviceGetMemoryInfo(h).total,
+                "power": lambda h=h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                "temp": lambda h=h: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
+            }
+            for name, read in readers.items():
+                try:
+                    fams[name].add_metric(key, float(read()))
+                except Exception:
+                    continue
+        yield from fams.values()

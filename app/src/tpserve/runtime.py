@@ -116,7 +116,13 @@ def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
     def engine_thread() -> None:
         try:
             service.load_tokenizer()  # before the ranks sync: after it they wait on the heartbeat clock
+            t0 = time.monotonic()
             engine, channel, name, reason, reports = bring_up(cfg, info)
+            service.metrics.load_seconds.set(time.monotonic() - t0)
+            if resolve_device(cfg.device) == "cuda":
+                problem = service.metrics.enable_gpu()
+                if problem:
+                    log.warning("%s", problem)
             watchdog = Watchdog(cfg.step_timeout_s)
             scheduler = Scheduler(
                 engine,

@@ -50,6 +50,8 @@ class Scheduler:
         token_budget: int | None = None,
     ) -> None:
         self.engine = engine
+        if engine.kv_blocks() is not None:
+            metrics.register_kv()
         #: tokens per step (decodes + prompt chunks); None: whole prompts in one step
         self.token_budget = token_budget if token_budget else engine.step_token_budget
         self.channel = channel
@@ -263,6 +265,10 @@ class Scheduler:
             self._phase[name] = 0.0
         self.metrics.steps.inc(self.steps - self._steps_flushed)
         self._steps_flushed = self.steps
+        kv = self.engine.kv_blocks()
+        if kv is not None:
+            self.metrics.kv_blocks.labels("used").set(kv[0])
+            self.metrics.kv_blocks.labels("total").set(kv[1])
 
     def _deliver(self) -> None:
         if self._outbox:
@@ -295,6 +301,7 @@ class Scheduler:
         if release and req.prefill_pos > 0:  # the engine holds (part of) the sequence
             self._release.append(req.uid)
         req.finish_reason = reason
+        self.metrics.request_seconds.observe(time.monotonic() - req.created)
         try:
             final = output.final_event(req, reason, error, kind)
         except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped

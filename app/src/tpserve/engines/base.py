@@ -88,6 +88,10 @@ class Engine(abc.ABC):
         """Tokens one step should carry (the scheduler splits longer prompts); None: no limit."""
         return None
 
+    def kv_blocks(self) -> tuple[int, int] | None:
+        """(used, total) blocks of a paged KV cache; None when the engine has none (autotp)."""
+        return None
+
     @property
     @abc.abstractmethod
     def max_seq_len(self) -> int:

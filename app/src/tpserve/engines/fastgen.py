@@ -321,6 +321,9 @@ class FastGenEngine(Engine):
         if self._lengths.pop(uid, None) is not None:
             self._engine.flush(uid)
 
+    def kv_blocks(self) -> tuple[int, int] | None:
+        return self.kv_blocks_total - self.free_kv_blocks, self.kv_blocks_total
+
     @property
     def max_batch_size(self) -> int:
         return self.settings.max_batch_sequences
