@@ -84,3 +84,28 @@ def test_a_configuration_that_cannot_work_exits_2(model_dir: Path, tmp_path: Pat
         remove_shm_buffers(srv.master_port)  # the ranks exit before unlinking DeepSpeed's buffers
     assert code == 2, srv.log_tail()
     assert "engine fastgen was asked for but cannot run" in srv.log_path.read_text(errors="replace")
+
+
+def test_oneshot_like_the_reference_app_py(model_dir: Path, tmp_path: Path) -> None:
+    """`deepspeed --num_gpus 2 --module tpserve.oneshot --model DIR`: both ranks load and run every
+    step, rank 0 prints the prompt, the response and the time, every process exits 0."""
+    import subprocess
+    import sys
+
+    from conftest import free_port, remove_shm_buffers, server_env
+
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
+        "--module", "tpserve.oneshot", "--model", str(model_dir), "--prompt", "Hello there",
+        "--max-new-tokens", "12",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=server_env(), capture_output=True, text=True, timeout=240, check=False)
+    finally:
+        remove_shm_buffers(port)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Prompt: Hello there" in out and "Response: " in out, out[-3000:]
+    assert "Generation time: " in out and ("(12 tokens, length)" in out or "stop)" in out), out[-3000:]
+    assert "2 rank(s)" in out, out[-3000:]  # and the launcher exits 0 only when both ranks did
