@@ -8,7 +8,8 @@
 #                  again within CHAOS_RECOVERY_LIMIT (120 s); in-flight streams end (error), none
 #                  hangs; smoketest.yml passes after.
 #   corrupt-model  one byte of the last worker's model.safetensors flipped in place (size and mtime
-#                  kept): site.yml --tags model sees it (rsync --checksum) and repairs it (sha256
+#                  kept): site.yml --tags model -e model_verify=deep (the on-demand deep check; the
+#                  default quick one trusts size + mtime) sees it (rsync --checksum) and repairs it (sha256
 #                  equal to the master's again), health ok.
 #   master-reboot  podman restart of the master: the service is back without Ansible.
 #   worker-down    podman stop of the last worker: serve.yml and smoketest.yml fail fast naming
@@ -121,7 +122,7 @@ scenario_corrupt_model() {
     return
   }
   t0=${SECONDS}
-  playbook "${LOGS}/site-model-repair.log" site.yml --tags model || rc=$?
+  playbook "${LOGS}/site-model-repair.log" site.yml --tags model -e model_verify=deep || rc=$?
   took=$((SECONDS - t0))
   sum_after=$(node_sh "${VICTIM}" "sha256sum ${f} | cut -d' ' -f1")
   local seen=no
@@ -129,7 +130,7 @@ scenario_corrupt_model() {
   local health=ok
   wait_health 300 >/dev/null || health=down
   if ((rc == 0)) && [[ ${sum_after} == "${sum_master}" && ${seen} == yes && ${health} == ok ]]; then
-    row corrupt-model PASS "${took}" "byte flipped on ${VICTIM} (size+mtime kept); site.yml --tags model repaired it (sha256 equal to master's), health ${health}"
+    row corrupt-model PASS "${took}" "byte flipped on ${VICTIM} (size+mtime kept); site.yml --tags model -e model_verify=deep repaired it (sha256 equal to master's), health ${health}"
   else
     row corrupt-model FAIL "${took}" "site.yml rc ${rc}, change seen ${seen}, sha256 ok $([[ ${sum_after} == "${sum_master}" ]] && echo yes || echo no), health ${health}"
   fi

@@ -71,3 +71,29 @@ def test_extra_files_are_reported_but_do_not_fail(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("added later\n")
     result = run("check", str(tmp_path))
     assert result["ok"] is True and result["extra"] == ["notes.txt"]
+
+
+def test_quick_check_reads_only_files_whose_size_or_mtime_changed(tmp_path: Path) -> None:
+    """The default re-run check: size + mtime against MANIFEST.stat.json; a file that differs is
+    hashed (and so caught); a byte flipped with size and mtime kept is only found by a deep check
+    (-e model_verify=deep, and always after a download)."""
+    import os
+
+    make_model(tmp_path)
+    run("write", str(tmp_path))
+    quick = run("check", str(tmp_path), "--quick")
+    assert quick["ok"] and quick["mode"] == "quick" and quick["hashed"] == 0
+    assert run("check", str(tmp_path))["hashed"] == 2  # deep: every file
+    blob = tmp_path / "sub" / "model.safetensors"
+    st = blob.stat()
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    os.utime(
+        blob, ns=(st.st_atime_ns, st.st_mtime_ns)
+    )  # size and mtime kept, as the chaos test does
+    assert run("check", str(tmp_path), "--quick")["ok"] is True  # quick cannot see it
+    assert run("check", str(tmp_path))["bad"] == ["sub/model.safetensors"]  # deep does
+    blob.write_bytes(bytes(data[:-10]))  # truncated: the size differs
+    changed = run("check", str(tmp_path), "--quick")
+    assert changed["bad"] == ["sub/model.safetensors"] and changed["hashed"] == 1
