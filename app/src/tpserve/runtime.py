@@ -59,9 +59,18 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
         batch_decode=cfg.batch_decode,
         dist=info,
     )
-    # rank 0 decides (one answer for all), every rank learns it through an all-gather
-    choice = engines.select(cfg.engine, options) if info.rank == 0 else None
+    # rank 0 decides (one answer for all), every rank learns it through an all-gather; a refusal
+    # travels too, so every rank stops with the same configuration error (exit 2) instead of the
+    # others dying on a closed connection (exit 1)
+    choice: list[str] | None = None
+    if info.rank == 0:
+        try:
+            choice = list(engines.select(cfg.engine, options))
+        except EngineError as exc:
+            choice = ["", str(exc)]
     name, reason = channel.all_gather(choice)[0]
+    if not name:
+        raise EngineError(reason)
     t0 = time.monotonic()
     engine = engines.create(name, options)
     report = {"rank": info.rank, "host": info.host, "local_rank": info.local_rank, **engine.weight_report()}
