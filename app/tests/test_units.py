@@ -220,3 +220,42 @@ def test_gpu_collector_reads_nvml_at_scrape_time() -> None:
     assert 'tpserve_gpu_memory_total_bytes{gpu="0",uuid="GPU-0"} 2.5769803776e+10' in text
     assert 'tpserve_gpu_power_watts{gpu="0",uuid="GPU-0"} 150.0' in text
     assert 'tpserve_gpu_power_watts{gpu="1"' not in text
+
+
+def test_serving_properties_become_flags_and_flags_win(model_dir: Path, tmp_path: Path) -> None:
+    from tpserve.cli import config_from_args
+
+    props = tmp_path / "serving.properties"
+    props.write_text(
+        "# DJLServing\nengine=DeepSpeed\n"
+        f"option.model_id={model_dir}\noption.tensor_parallel_degree=2\noption.data_type=fp16\n"
+        "option.max_new_tokens=300\noption.model_loading_timeout=1800\n"
+    )
+    cfg, _, _ = config_from_args(["--serving-properties", str(props)])
+    assert (cfg.engine, cfg.tp_size, cfg.dtype, cfg.max_new_tokens) == ("auto", 2, "float16", 300)
+    assert cfg.model_dir == str(model_dir.resolve())
+    cfg, _, _ = config_from_args(["--serving-properties", str(props), "--max-new-tokens", "64"])
+    assert cfg.max_new_tokens == 64  # the command line wins
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("option.rolling_batch=auto\n", "unknown key 'option.rolling_batch'"),
+        ("engine=vLLM\n", "engine='vLLM'"),
+        ("option.tensor_parallel_degree=four\n", "option.tensor_parallel_degree='four': not an integer"),
+        ("option.data_type=int3\n", "option.data_type='int3'"),
+        ("option.model_id=Qwen/Qwen2.5-7B\n", "not a local model directory"),
+        ("just words\n", "is not key=value"),
+    ],
+)
+def test_serving_properties_refuse_with_the_key(
+    tmp_path: Path, model_dir: Path, body: str, message: str, capsys: pytest.CaptureFixture
+) -> None:
+    from tpserve.cli import config_from_args
+
+    props = tmp_path / "serving.properties"
+    props.write_text(body)
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--serving-properties", str(props), "--model", str(model_dir)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -41,12 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = f"{meta['help']} (default: {f.default})" if f.default not in ("", None) else meta["help"]
         p.add_argument(
             flag, dest=f.name, type=kind, default=f.default, choices=meta.get("choices"), help=help_,
-            required=f.name == "model_dir",
         )  # fmt: skip
     p.add_argument(
         "--pid-file", default=None, help="rank 0 writes its PID here (for a graceful stop: SIGTERM it)"
     )
     p.add_argument("--log-level", default=os.environ.get("TPSERVE_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--serving-properties",
+        metavar="FILE",
+        help="DJLServing serving.properties (engine, option.model_id, option.tensor_parallel_degree, "
+        "option.data_type, option.max_new_tokens, option.model_loading_timeout); flags given too win",
+    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's; unused
     return p
 
@@ -64,8 +69,28 @@ def _validate(a: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             p.error(f"{flag} must be ≤ {meta['max']:g} (got {value})")
 
 
+def _with_properties(argv: list[str], p: argparse.ArgumentParser) -> list[str]:
+    """`--serving-properties FILE` stands for the flags the file sets, placed first (so the
+    command line's own flags win)."""
+    from tpserve.serving_properties import PropertiesError, to_args
+
+    if "--serving-properties" not in argv:
+        return argv
+    i = argv.index("--serving-properties")
+    if i + 1 >= len(argv):
+        p.error("--serving-properties needs a file")
+    try:
+        file_args = to_args(argv[i + 1])
+    except (OSError, PropertiesError) as exc:
+        p.error(f"--serving-properties {argv[i + 1]}: {exc}")
+    return file_args + argv[:i] + argv[i + 2 :]
+
+
 def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str, str | None]:
     p = build_parser()
+    argv = _with_properties(list(sys.argv[1:] if argv is None else argv), p)
+    if not any(a == "--model" or a.startswith("--model=") for a in argv):
+        p.error("--model (or option.model_id in --serving-properties) is required")
     a = p.parse_args(argv)
     _validate(a, p)
     values = {f.name: getattr(a, f.name) for f in cli_fields()}
