@@ -10,20 +10,9 @@
 #   bash tests/gpu/a10_emulation.sh            (results under $OUT, else /tmp/a10)
 set -u
 cd "$(dirname "$0")/../.." || exit 1
-R="${OUT:-/tmp/a10}"; mkdir -p "$R"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONPATH="$PWD/app/src:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 \
-  TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 MAX_JOBS=16 \
-  TORCH_EXTENSIONS_DIR=/tmp/tpx MODEL_DIR=/tmp/model-7b RESULTS="$R" A10_MIB="${A10_MIB:-23028}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$R/gpu.txt"
-python3 -c "import torch, deepspeed, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)" | tee -a "$R/gpu.txt"
-# the model (cached on a warm machine)
-[ -f "$MODEL_DIR/config.json" ] || { echo "== building the 7B-shape model"; timeout 300 python3 bench/phases.py save | tail -2; }
-# the ops (cached on a warm machine)
-timeout 300 python3 -m tpserve.prebuild --accelerator cuda | tail -1
+R="${OUT:-/tmp/a10}"; SHAPE=qwen2.5-7b
+# shellcheck source=tests/gpu/env.sh
+source tests/gpu/env.sh
 # occupy everything beyond an A10's memory
 python3 - <<'PY' &
 import os, time, torch

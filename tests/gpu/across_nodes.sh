@@ -9,19 +9,9 @@
 #   N=4 on a 4-GPU host (the walkthrough's exact TP=4) runs unchanged.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
-N=${N:-2}; R="${OUT:-/tmp/across}"; mkdir -p "$R"
-SHAPE=${SHAPE:-qwen2.5-14b}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONPATH="$PWD/app/src:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 \
-  TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 MAX_JOBS=16 \
-  TORCH_EXTENSIONS_DIR=/tmp/tpx MODEL_DIR=/tmp/model-$SHAPE RESULTS="$R" A10_MIB="${A10_MIB:-23028}" \
-  BENCH_CONFIG="$PWD/bench/configs/$SHAPE.json"
-nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee "$R/gpu.txt"
-[ -f "$MODEL_DIR/config.json" ] || { echo "== building the $SHAPE model"; timeout 400 python3 bench/phases.py save | tail -1; }
-timeout 300 python3 -m tpserve.prebuild --accelerator cuda | tail -1
+N=${N:-2}; R="${OUT:-/tmp/across}"; SHAPE=${SHAPE:-qwen2.5-14b}
+# shellcheck source=tests/gpu/env.sh
+source tests/gpu/env.sh
 occ=()
 for ((g = 0; g < N; g++)); do  # occupy everything beyond an A10 on each GPU
   CUDA_VISIBLE_DEVICES=$g python3 -c "

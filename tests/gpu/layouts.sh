@@ -8,16 +8,9 @@
 #   device tool, kind nvidia-h200-x2, carry .whl:  bash tests/gpu/layouts.sh
 set -u
 cd "$(dirname "$0")/../.." || exit 1
-R="${OUT:-/tmp/layouts}"; mkdir -p "$R"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONPATH="$PWD/app/src:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 \
-  TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 MAX_JOBS=16 \
-  TORCH_EXTENSIONS_DIR=/tmp/tpx MODEL_DIR=/tmp/model-7b RESULTS="$R"
-[ -f "$MODEL_DIR/config.json" ] || timeout 200 python3 bench/phases.py save | tail -1
-timeout 300 python3 -m tpserve.prebuild --accelerator cuda | tail -1
+R="${OUT:-/tmp/layouts}"; SHAPE=qwen2.5-7b
+# shellcheck source=tests/gpu/env.sh
+source tests/gpu/env.sh
 ARGS=(--model "$MODEL_DIR" --served-model-name m --engine fastgen --dtype bfloat16 --max-batch-size 64 --max-queue 512)
 pids=()
 wait_ready() {  # PORT...
