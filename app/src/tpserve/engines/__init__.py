@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from tpserve.engines import support
 from tpserve.engines.base import DistInfo, Engine, EngineError, EngineOptions, load_config
 
 ENGINES: dict[str, str] = {
@@ -18,10 +19,6 @@ ENGINES: dict[str, str] = {
     "fastgen": "tpserve.engines.fastgen",  # DeepSpeed v2 ragged engine: CUDA CC>=8.0, one node
 }
 
-# Architectures DeepSpeed FastGen (inference v2) has model implementations for (0.19.x).
-FASTGEN_MODEL_TYPES = frozenset(
-    {"opt", "llama", "mistral", "mixtral", "falcon", "phi", "phi3", "qwen", "qwen2", "qwen2_moe"}
-)
 
 __all__ = [
     "ENGINES",
@@ -48,12 +45,11 @@ def fastgen_blocker(options: EngineOptions) -> str | None:
 
     if options.device != "cuda" or not torch.cuda.is_available():
         return "no CUDA device"
-    major, minor = torch.cuda.get_device_capability()
-    if major < 8:
-        return f"GPU compute capability {major}.{minor} < 8.0"
-    model_type = str(load_config(options.model_dir).get("model_type", ""))
-    if model_type not in FASTGEN_MODEL_TYPES:
-        return f"model_type {model_type!r} has no FastGen implementation"
+    static = support.blocker(
+        "fastgen", load_config(options.model_dir), "cuda", torch.cuda.get_device_capability()
+    )
+    if static:
+        return static
     if options.dist.local_size > torch.cuda.device_count():
         return f"{options.dist.local_size} ranks on this host but {torch.cuda.device_count()} GPU(s)"
     if not _module_available(ENGINES["fastgen"]):

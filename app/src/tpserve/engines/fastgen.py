@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tpserve.engines import support
 from tpserve.engines.base import (
     Engine,
     EngineError,
@@ -36,13 +37,6 @@ from tpserve.memory import ModelShape, default_max_context, fastgen_step_tokens
 from tpserve.memory import plan as memory_plan
 
 log = logging.getLogger("tpserve.engines.fastgen")
-
-#: Model types DeepSpeed 0.19.8's ``build_hf_engine`` has policies for.
-FASTGEN_MODEL_TYPES = frozenset(
-    {"opt", "llama", "mistral", "mixtral", "falcon", "phi", "phi3", "qwen", "qwen2", "qwen2_moe"}
-)
-#: Compute capabilities deepspeed-kernels ships binaries for (8.0 and newer).
-MIN_COMPUTE_CAPABILITY = (8, 0)
 
 
 @dataclass
@@ -73,11 +67,11 @@ def fastgen_unavailable_reason(model_type: str, tp_size: int) -> str | None:
     """Why FastGen cannot serve this model here (None: it can). Cheap: no engine is built."""
     if not torch.cuda.is_available():
         return "no CUDA device (FastGen is CUDA-only)"
-    cc = torch.cuda.get_device_capability(0)
-    if cc < MIN_COMPUTE_CAPABILITY:
-        return f"GPU compute capability {cc[0]}.{cc[1]} < 8.0 (FastGen kernels need Ampere or newer)"
-    if model_type not in FASTGEN_MODEL_TYPES:
-        return f"model_type {model_type!r} has no DeepSpeed v2 policy ({sorted(FASTGEN_MODEL_TYPES)})"
+    static = support.blocker(
+        "fastgen", {"model_type": model_type}, "cuda", torch.cuda.get_device_capability(0)
+    )
+    if static:
+        return static
     # Across hosts works when each host's ranks use their local GPUs (DeepSpeed's TP group only
     # needs local_rank < tp_size): one single-GPU node = local rank 0 on every host.
     local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", tp_size)))
