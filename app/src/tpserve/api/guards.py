@@ -56,8 +56,7 @@ class Guards:
                 code="draining",
                 headers={"Retry-After": "10"},
             )
-        assert service.scheduler is not None
-        if service.scheduler.queue_depth() >= self.cfg.max_queue:
+        if service.queue_depth() >= self.cfg.max_queue:
             raise APIError(
                 429,
                 f"queue is full ({self.cfg.max_queue} waiting); retry later",

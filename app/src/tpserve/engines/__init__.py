@@ -16,7 +16,7 @@ from tpserve.engines.base import DistInfo, Engine, EngineError, EngineOptions, l
 
 ENGINES: dict[str, str] = {
     "autotp": "tpserve.engines.autotp",  # DeepSpeed v1 init_inference AutoTP: CPU + CUDA, cross-node
-    "fastgen": "tpserve.engines.fastgen",  # DeepSpeed v2 ragged engine: CUDA CC>=8.0, one node
+    "fastgen": "tpserve.engines.fastgen",  # DeepSpeed v2 ragged engine: CUDA CC>=8.0, in or across nodes
 }
 
 

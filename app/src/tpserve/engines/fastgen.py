@@ -1,7 +1,9 @@
 """FastGen engine: DeepSpeed inference v2 (ragged batching, paged KV cache), CUDA only.
 
 One process per GPU; every rank of the TP group calls ``put`` with the same batch (the rank
-protocol broadcasts the step). TP lives inside one node (DeepSpeed raises otherwise).
+protocol broadcasts the step). TP runs within a node or across nodes, as long as each node's ranks
+use their local GPUs (DeepSpeed's TP group only needs local_rank < tp_size; measured: two emulated
+single-GPU nodes over NCCL sockets, tests/gpu/across_nodes.sh).
 
 Facts this module relies on (docs/… and /work/shared/notes/deepspeed.md):
 - ``build_hf_engine`` reads an HF safetensors checkpoint; ``put(uids, tokens)`` runs one forward
