@@ -1,5 +1,6 @@
-"""dl_stack/tasks/driver_hold.yml on this machine, in --check mode (nothing is held for real):
-the packages whose names match the pattern would be put on hold, the others are left alone."""
+"""dl_stack guards on this machine: the NVIDIA driver hold (in --check mode, nothing is held for
+real: matching packages would be held, others left alone) and the controller check before the
+wheelhouse build."""
 
 from __future__ import annotations
 
@@ -41,3 +42,28 @@ def test_matching_packages_would_be_held_and_others_not(tmp_path: Path) -> None:
     ]
     none = _run(tmp_path, "^(nvidia-driver-|libnvidia-)")  # no NVIDIA driver on this machine
     assert none.rc == 0 and "item=" not in none.out, none.out[-3000:]
+
+
+def test_wheelhouse_refuses_a_controller_of_another_machine_type(tmp_path: Path) -> None:
+    """dl_stack builds the nodes' wheelhouse on the controller; pip's markers follow the controller,
+    so a controller that is not Linux of the nodes' machine type is refused before any build."""
+    include = {"name": "dl_stack", "tasks_from": "wheelhouse"}
+    task = {"ansible.builtin.include_role": include, "vars": {"dl_stack_target_arch": "aarch64"}}
+    play = [{"name": "wheelhouse", "hosts": "localhost", "gather_facts": False, "tasks": [task]}]
+    (tmp_path / "w.yml").write_text(json.dumps(play))
+    (tmp_path / "hosts.ini").write_text(
+        f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+    )
+    run = run_playbook(
+        tmp_path,
+        tmp_path / "hosts.ini",
+        str(tmp_path / "w.yml"),
+        f"-e ansible_roles_path={REPO / 'roles'}",
+    )
+    out = " ".join(run.out.split())
+    assert (
+        run.rc != 0
+        and "this controller is 'Linux x86_64'" in out
+        and "dl_stack_target_arch is aarch64" in out
+    ), out[-2000:]
+    assert "Build or reuse the wheelhouse" not in run.out  # refused before the build
