@@ -38,19 +38,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # TPSERVE_SRC: another revision's app/src (from `git archive <rev> app/src`) to measure that one
 sys.path.insert(0, os.environ.get("TPSERVE_SRC") or str(ROOT / "app" / "src"))
+sys.path.insert(1, str(ROOT / "app" / "tests"))  # the fake engines are test fixtures (fakes.py)
 
 import torch  # noqa: E402
+from fakes import ReplayEngine  # noqa: E402
 from tpserve.api import build_app  # noqa: E402
 from tpserve.config import ServeConfig  # noqa: E402
 from tpserve.dist import Channel  # noqa: E402
-from tpserve.engines.base import DistInfo, Engine  # noqa: E402
+from tpserve.engines.base import DistInfo  # noqa: E402
 from tpserve.messages import Step  # noqa: E402
 from tpserve.ranks import Watchdog  # noqa: E402
 from tpserve.scheduler import Scheduler  # noqa: E402
@@ -59,56 +60,11 @@ from tpserve.synthetic import build_tokenizer  # noqa: E402
 from tpserve.textstream import TextStream  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_overhead.json"
-VOCAB = 2048
+VOCAB = 2048  # ReplayEngine's (app/tests/fakes.py)
 TEXT = (
     "Tensor parallelism splits every weight matrix across the ranks; 你好,请介绍一下你自己。"
     " The scheduler streams tokens back to each client as server-sent events. 数据并行和张量并行。 "
 )
-
-
-class ReplayEngine(Engine):
-    """forward() returns one-hot logits: sequence uid replays its own token list, one per step."""
-
-    name = "replay"
-
-    def __init__(self, scripts: dict[int, list[int]], max_batch: int) -> None:
-        self.scripts = scripts  # prompt length → tokens to replay (keyed by the prompt's first id)
-        self._pos: dict[int, tuple[list[int], int]] = {}
-        self._max_batch = max_batch
-        self.cpu_s = 0.0  # thread CPU time spent in forward (not serving overhead: subtracted)
-
-    def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
-        c0 = time.thread_time()
-        logits = torch.zeros(len(uids), VOCAB)
-        for row, (uid, chunk) in enumerate(zip(uids, chunks, strict=True)):
-            if uid not in self._pos:
-                self._pos[uid] = (self.scripts[chunk[0]], 0)
-            script, at = self._pos[uid]
-            logits[row, script[at % len(script)]] = 1.0
-            self._pos[uid] = (script, at + 1)
-        self.cpu_s += time.thread_time() - c0
-        return logits
-
-    def release(self, uid: int) -> None:
-        self._pos.pop(uid, None)
-
-    @property
-    def max_batch_size(self) -> int:
-        return self._max_batch
-
-    @property
-    def max_seq_len(self) -> int:
-        return 1 << 16
-
-    @property
-    def vocab_size(self) -> int:
-        return VOCAB
-
-    def weight_report(self) -> dict[str, Any]:
-        return {}
-
-    def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "max_seq_len": self.max_seq_len}
 
 
 def token_scripts(tok: Any, n: int, length: int) -> list[list[int]]:

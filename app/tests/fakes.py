@@ -10,6 +10,7 @@ only drives the scheduler's policy and error paths.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +24,39 @@ NAN, POSINF = 1, 2
 UNDECODABLE = 63
 
 
-class ScriptedEngine(Engine):
+class FakeEngine(Engine):
+    """What every model-free engine shares: limits and an empty weight report."""
+
+    name = "fake"
+    vocab = VOCAB
+
+    def __init__(self, max_batch: int) -> None:
+        self._max_batch = max_batch
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch
+
+    @property
+    def max_seq_len(self) -> int:
+        return 1 << 16
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    def weight_report(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "max_seq_len": self.max_seq_len}
+
+
+class ScriptedEngine(FakeEngine):
     name = "scripted"
 
     def __init__(self, max_batch: int = 8, kv_tokens: int = 1 << 16) -> None:
-        self._max_batch = max_batch
+        super().__init__(max_batch)
         self.kv_tokens = kv_tokens
         self.seqs: dict[int, tuple[int, int]] = {}  # uid -> (first prompt token, tokens held)
         self.forwards = 0
@@ -64,27 +93,38 @@ class ScriptedEngine(Engine):
             self.seqs.get(u, (0, 0))[1] + n <= self.kv_tokens for u, n in zip(uids, lengths, strict=True)
         )
 
-    @property
-    def max_batch_size(self) -> int:
-        return self._max_batch
-
-    @property
-    def max_seq_len(self) -> int:
-        return 1 << 16
-
-    @property
-    def vocab_size(self) -> int:
-        return VOCAB
-
-    def weight_report(self) -> dict[str, Any]:
-        return {}
-
-    def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "max_seq_len": self.max_seq_len}
-
 
 def decode(ids: list[int]) -> str:
     """A toy detokenizer: one letter per token; UNDECODABLE raises (like a broken tokenizer)."""
     if UNDECODABLE in ids:
         raise ValueError(f"token {UNDECODABLE} cannot be decoded")
     return "".join(chr(ord("a") + i % 26) for i in ids)
+
+
+class ReplayEngine(FakeEngine):
+    """forward() returns one-hot logits: sequence uid replays its own token list, one per step
+    (bench/serving_overhead.py: the host-side cost of serving without a model)."""
+
+    name = "replay"
+    vocab = 2048
+
+    def __init__(self, scripts: dict[int, list[int]], max_batch: int) -> None:
+        super().__init__(max_batch)
+        self.scripts = scripts  # tokens to replay, keyed by the prompt's first id
+        self._pos: dict[int, tuple[list[int], int]] = {}
+        self.cpu_s = 0.0  # thread CPU time spent in forward (not serving overhead: subtracted)
+
+    def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        c0 = time.thread_time()
+        logits = torch.zeros(len(uids), self.vocab)
+        for row, (uid, chunk) in enumerate(zip(uids, chunks, strict=True)):
+            if uid not in self._pos:
+                self._pos[uid] = (self.scripts[chunk[0]], 0)
+            script, at = self._pos[uid]
+            logits[row, script[at % len(script)]] = 1.0
+            self._pos[uid] = (script, at + 1)
+        self.cpu_s += time.thread_time() - c0
+        return logits
+
+    def release(self, uid: int) -> None:
+        self._pos.pop(uid, None)
