@@ -50,6 +50,7 @@ def test_a_run_takes_the_lock_and_gives_it_back(tmp_path: Path) -> None:
     assert run.rc == 0, run.out[-3000:]
     assert f"owner during the run: {socket.gethostname()} pid=" in run.out
     assert not lock.exists()  # given back
+    assert run.recap()["localhost"]["changed"] == 0  # bookkeeping: a converged run stays changed=0
 
 
 def test_a_second_run_waits_then_fails_naming_the_holder(tmp_path: Path) -> None:
