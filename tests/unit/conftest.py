@@ -8,17 +8,30 @@ and every test asserts changed=0."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    """Import a plugin or role script that is not on sys.path (filter plugins, cache plugins)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 BIN = Path(sys.executable).parent
 
 

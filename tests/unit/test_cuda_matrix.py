@@ -5,15 +5,13 @@ outside the table; every GPU node's driver, here through a stand-in nvidia-smi o
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
-from conftest import REPO, assert_nothing_changed, run_playbook, write_inventory
+from conftest import REPO, assert_nothing_changed, load_module, run_playbook, write_inventory
 
 PLUGIN = REPO / "roles/gpu_preflight/filter_plugins/cuda_matrix.py"
 TABLE = yaml.safe_load((REPO / "group_vars/all/cuda_stack.yml").read_text())
@@ -21,15 +19,7 @@ MATRIX = TABLE["tpserve_cuda_matrix"]
 TORCH = TABLE["tpserve_torch_version"]
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cuda_matrix_filters", PLUGIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cm = _load()
+cm = load_module("cuda_matrix_filters", PLUGIN)
 
 
 def _gpu(driver: str, index: int = 0, name: str = "NVIDIA A10") -> dict:

@@ -4,24 +4,15 @@ compute_cap --format=csv,noheader,nounits` output shapes; the role's GPU path it
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_module
 
 PLUGIN = Path(__file__).resolve().parents[2] / "roles/gpu_preflight/filter_plugins/nvidia_smi.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nvidia_smi_filters", PLUGIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-nvsmi = _load()
+nvsmi = load_module("nvidia_smi_filters", PLUGIN)
 
 # One A10 per node (the Jakarta cluster's shape).
 A10 = "0, NVIDIA A10, GPU-3f1c2b7e-8d11-4c54-9a0b-55f0c1e2d3a4, 550.127.05, 23028, 8.6\n"

@@ -5,30 +5,27 @@ Hugging Face model must be pinned to a commit. Runs only on throw-away inventori
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
-from conftest import REPO, ansible_bin, assert_nothing_changed, run_playbook, write_inventory
+from conftest import (
+    REPO,
+    ansible_bin,
+    assert_nothing_changed,
+    load_module,
+    run_playbook,
+    write_inventory,
+)
 
 PLUGIN = REPO / "plugins/cache/tpserve_facts.py"
 SHA = "d149729398750b98c0af14eb82c78cfe92750796"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tpserve_facts", PLUGIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-facts = _load()
+facts = load_module("tpserve_facts", PLUGIN)
 
 
 # --- the cache key ---
