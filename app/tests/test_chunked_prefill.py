@@ -75,7 +75,7 @@ def test_long_prompt_prefills_over_steps_while_a_stream_keeps_decoding(target: T
     assert _prefill_chunks(server) - before == -(-prompt_tokens // budget)  # alone: full chunks
 
     a_arrivals: list[float] = []
-    a_body = {"model": "tiny", "prompt": "count", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
+    a_body = {"model": "tiny", "prompt": "count", "max_tokens": 256, "temperature": 0, "ignore_eos": True}
     a = threading.Thread(target=_stream, args=(server, a_body, a_arrivals))
     a.start()
     deadline = time.monotonic() + 30
@@ -96,7 +96,11 @@ def test_long_prompt_prefills_over_steps_while_a_stream_keeps_decoding(target: T
         f"{len(during)} tokens between B's arrival and B's first token ({wait_ms:.0f} ms)"
     )
     # each step carried A's decode token + at most 23 of B's: B needed that many steps, A ran in each
-    assert b_chunks >= -(-prompt_tokens // (budget - 1)), (b_chunks, prompt_tokens)
+    # (only while A was still decoding when B's prefill ended: on a fast machine A's 256 tokens can
+    # finish first, and then B's last chunks are full-size; seen once in CI)
+    if a_arrivals[-1] > b_arrivals[0]:
+        assert b_chunks >= -(-prompt_tokens // (budget - 1)), (b_chunks, prompt_tokens)
+    assert b_chunks >= -(-prompt_tokens // budget), (b_chunks, prompt_tokens)  # chunked in any case
     assert not a.is_alive(), "stream A did not finish"
     assert len(during) >= 1
     assert b_text == alone["choices"][0]["text"]
