@@ -4,9 +4,16 @@
 # DeepSpeed's op builder, no NVLink multicast), the random-weight model and FastGen's ops, both
 # cached in /tmp so a later call on a warm machine reuses them.
 mkdir -p "$R"
+# Installed once per machine: reinstalling deepspeed gives its files new times and the next start
+# rebuilds FastGen's ops (~170 s), so a warm machine keeps /tmp/site as it is.
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
+  wheels=$(cd .whl && ls ./*.whl | sort | md5sum | cut -c1-32)
+  if [ "$(cat /tmp/site/.wheels 2>/dev/null)" != "$wheels" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || exit 1
+    echo "$wheels" > /tmp/site/.wheels
+  fi
+  export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/app/src:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 \
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 MAX_JOBS=16 \

@@ -6,9 +6,12 @@
 # each at 1 / 32 / 64 clients (128-token prompts, 128 new tokens; loadgen JSON lines in load.jsonl), and
 # the first 32 greedy tokens of one fixed prompt from each (tokens.json): they must be equal.
 #   device tool, kind nvidia-h200-x2, carry .whl:  bash tests/gpu/layouts.sh
+# LAYOUTS="across" then LAYOUTS="innode replicas" splits the sitting into two calls on one warm machine
+# (R=/tmp/layouts keeps the results between them; the summary reads every row there).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
-R="${OUT:-/tmp/layouts}"; SHAPE=qwen2.5-7b
+R=/tmp/layouts; SHAPE=qwen2.5-7b; LAYOUTS=${LAYOUTS:-across innode replicas}
+want() { [[ " $LAYOUTS " == *" $1 "* ]]; }
 # shellcheck source=tests/gpu/env.sh
 source tests/gpu/env.sh
 ARGS=(--model "$MODEL_DIR" --served-model-name m --engine fastgen --dtype bfloat16 --max-batch-size 64 --max-queue 512)
@@ -36,7 +39,7 @@ load() {  # LABEL CLIENTS PORT...
   done
   wait "${gens[@]}"  # not a bare `wait`: that would wait for the servers too (it hung a sitting once)
 }
-echo "== across"; t0=$(date +%s)
+want across && { echo "== across"; t0=$(date +%s)
 for r in 0 1; do
   CUDA_VISIBLE_DEVICES=$r LOCAL_RANK=0 RANK=$r WORLD_SIZE=2 LOCAL_WORLD_SIZE=1 LOCAL_SIZE=1 MASTER_ADDR=127.0.0.1 \
     MASTER_PORT=29651 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1 NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo \
@@ -44,23 +47,25 @@ for r in 0 1; do
   pids+=($!)
 done
 wait_ready 8031; echo "ready in $(( $(date +%s) - t0 )) s"; tokens across 8031
-for c in 1 32 64; do load across $c 8031; done; stop_all
-echo "== innode"; t0=$(date +%s)
+for c in 1 32 64; do load across $c 8031; done; stop_all; }
+want innode && { echo "== innode"; t0=$(date +%s)
 setsid python3 -m deepspeed.launcher.runner --num_gpus 2 --master_port 29652 --module tpserve "${ARGS[@]}" --port 8032 \
   > "$R/innode.log" 2>&1 &
 pids+=($!)
 wait_ready 8032; echo "ready in $(( $(date +%s) - t0 )) s"; tokens innode 8032
-for c in 1 32 64; do load innode $c 8032; done; stop_all
-echo "== replicas"; t0=$(date +%s)
+for c in 1 32 64; do load innode $c 8032; done; stop_all; }
+want replicas && { echo "== replicas"; t0=$(date +%s)
 for g in 0 1; do
-  CUDA_VISIBLE_DEVICES=$g setsid python3 -m deepspeed.launcher.runner --num_gpus 1 --master_port $((29653 + g)) \
+  # --include, not CUDA_VISIBLE_DEVICES: the launcher rewrites CUDA_VISIBLE_DEVICES to its own list
+  # (a sitting put both replicas on GPU 0 that way and the second ran out of memory)
+  setsid python3 -m deepspeed.launcher.runner --include "localhost:$g" --master_port $((29653 + g)) \
     --module tpserve "${ARGS[@]}" --port $((8033 + g)) > "$R/replica-$g.log" 2>&1 &
   pids+=($!)
 done
 wait_ready 8033 8034; echo "ready in $(( $(date +%s) - t0 )) s"; tokens replica 8033
 for c in 1 32 64; do
   if [ "$c" = 1 ]; then load replicas 1 8033; else load replicas $c 8033 8034; fi
-done; stop_all
+done; stop_all; }
 python3 - "$R" <<'PY'
 import json, sys, collections
 R = sys.argv[1]
@@ -77,4 +82,5 @@ for (layout, c), a in agg.items():
 toks = [json.loads(l) for l in open(f"{R}/tokens.jsonl")]
 print("greedy 32 tokens equal across layouts:", len({t["text"] for t in toks}) == 1, [t["layout"] for t in toks])
 PY
+[ -n "${OUT:-}" ] && cp "$R"/*.jsonl "$R"/*.json "$R"/gpu.txt "$OUT"/ 2>/dev/null
 exit 0
