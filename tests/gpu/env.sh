@@ -7,7 +7,7 @@ mkdir -p "$R"
 # Installed once per machine: reinstalling deepspeed gives its files new times and the next start
 # rebuilds FastGen's ops (~170 s), so a warm machine keeps /tmp/site as it is.
 if [ -d .whl ]; then
-  wheels=$(cd .whl && ls ./*.whl | sort | md5sum | cut -c1-32)
+  wheels=$(stat -c '%n %s' .whl/*.whl | md5sum | cut -c1-32)
   if [ "$(cat /tmp/site/.wheels 2>/dev/null)" != "$wheels" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       || exit 1

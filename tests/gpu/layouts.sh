@@ -15,30 +15,8 @@ want() { [[ " $LAYOUTS " == *" $1 "* ]]; }
 # shellcheck source=tests/gpu/env.sh
 source tests/gpu/env.sh
 ARGS=(--model "$MODEL_DIR" --served-model-name m --engine fastgen --dtype bfloat16 --max-batch-size 64 --max-queue 512)
-pids=()
-wait_ready() {  # PORT...
-  for port in "$@"; do
-    for _ in $(seq 150); do curl -sf "localhost:$port/health" > "$R/health-$port.json" && break; sleep 1; done
-  done
-}
-stop_all() { for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null; done; sleep 4; for p in "${pids[@]}"; do kill -9 -- -"$p" 2>/dev/null; done; pids=(); }
-tokens() {  # LABEL PORT
-  curl -s "localhost:$2/v1/completions" -H 'content-type: application/json' \
-    -d '{"model": "m", "prompt": [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000], "max_tokens": 32, "temperature": 0, "ignore_eos": true, "logprobs": null}' \
-    | python3 -c "import json,sys; print(json.dumps({'layout': '$1', 'text': json.load(sys.stdin)['choices'][0]['text']}))" >> "$R/tokens.jsonl"
-}
-load() {  # LABEL CLIENTS PORT...
-  local label=$1 c=$2; shift 2
-  local n=$(( c == 1 ? 8 : c * 2 )) k=$# i=0 gens=()
-  for port in "$@"; do
-    i=$((i + 1))
-    timeout 120 python3 bench/loadgen.py --url "http://127.0.0.1:$port" --model m --concurrency $(( c / k > 0 ? c / k : 1 )) \
-      --requests $(( n / k )) --warmup 1 --prompt-tokens 128 --output-tokens 128 --timeout 100 \
-      --tag "$label-c$c-part$i" --out "$R/load.jsonl" > /dev/null &
-    gens+=($!)
-  done
-  wait "${gens[@]}"  # not a bare `wait`: that would wait for the servers too (it hung a sitting once)
-}
+# shellcheck source=tests/gpu/serve_lib.sh
+source tests/gpu/serve_lib.sh
 want across && { echo "== across"; t0=$(date +%s)
 for r in 0 1; do
   CUDA_VISIBLE_DEVICES=$r LOCAL_RANK=0 RANK=$r WORLD_SIZE=2 LOCAL_WORLD_SIZE=1 LOCAL_SIZE=1 MASTER_ADDR=127.0.0.1 \
@@ -66,21 +44,6 @@ wait_ready 8033 8034; echo "ready in $(( $(date +%s) - t0 )) s"; tokens replica 
 for c in 1 32 64; do
   if [ "$c" = 1 ]; then load replicas 1 8033; else load replicas $c 8033 8034; fi
 done; stop_all; }
-python3 - "$R" <<'PY'
-import json, sys, collections
-R = sys.argv[1]
-rows = [json.loads(l) for l in open(f"{R}/load.jsonl")]
-agg = collections.defaultdict(lambda: {"ok": 0, "requests": 0, "tok_s": 0.0, "itl": [], "ttft": []})
-for r in rows:
-    layout, c, _ = r["tag"].rsplit("-", 2)
-    a = agg[(layout, c)]
-    a["ok"] += r["ok"]; a["requests"] += r["requests"]; a["tok_s"] += r["output_tok_per_s"]
-    a["itl"].append(r["itl_ms_mean"]); a["ttft"].append(r["ttft_ms_p50"])
-print("| layout | clients | ok/requests | ITL mean ms | TTFT p50 ms | tok/s |")
-for (layout, c), a in agg.items():
-    print(f"| {layout} | {c[1:]} | {a['ok']}/{a['requests']} | {max(a['itl']):.2f} | {max(a['ttft']):.0f} | {a['tok_s']:.0f} |")
-toks = [json.loads(l) for l in open(f"{R}/tokens.jsonl")]
-print("greedy 32 tokens equal across layouts:", len({t["text"] for t in toks}) == 1, [t["layout"] for t in toks])
-PY
+summary "layouts"
 [ -n "${OUT:-}" ] && cp "$R"/*.jsonl "$R"/*.json "$R"/gpu.txt "$OUT"/ 2>/dev/null
 exit 0

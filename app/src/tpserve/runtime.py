@@ -57,6 +57,7 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
         kernel_inject=cfg.kernel_inject,
         tp_grain_size=cfg.tp_grain_size,
         batch_decode=cfg.batch_decode,
+        cuda_graphs=cfg.cuda_graphs,
         dist=info,
     )
     # rank 0 decides (one answer for all), every rank learns it through an all-gather; a refusal

@@ -58,6 +58,7 @@ class EngineOptions:
     kernel_inject: bool = False  # autotp: only honoured where DeepSpeed has a policy
     tp_grain_size: int = 0  # autotp: 0 = DeepSpeed's default (64)
     batch_decode: bool = True  # autotp: decode several sequences in one padded forward
+    cuda_graphs: bool = True  # fastgen: decode steps replayed as CUDA graphs
     dist: DistInfo = dataclasses.field(default_factory=DistInfo)
 
 

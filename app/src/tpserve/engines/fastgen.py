@@ -34,6 +34,7 @@ from tpserve.engines.base import (
     full_linear_weight_elements,
     load_config,
 )
+from tpserve.engines.fastgen_graphs import DecodeGraphs, use_stream_gemm
 from tpserve.engines.fastgen_rope import use_fp32_rope
 from tpserve.memory import ModelShape, default_max_context, fastgen_step_tokens
 from tpserve.memory import plan as memory_plan
@@ -62,6 +63,8 @@ class FastGenSettings:
     max_tracked_sequences: int = 512
     #: Longest sequence (prompt + output) in tokens.
     max_context: int = 8192
+    #: Replay decode steps as CUDA graphs, one per batch size (tpserve.engines.fastgen_graphs).
+    cuda_graphs: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,6 +189,12 @@ class FastGenEngine(Engine):
         self._engine = build_hf_engine(settings.model_dir, engine_config)
         # DeepSpeed's rotary kernel rounds its frequencies to fp16: long prompts drift (see fastgen_rope)
         self.rope = use_fp32_rope(self._v2_model())
+        self.gemm = use_stream_gemm()  # eager and graphs alike: the same arithmetic either way
+        self.graphs: DecodeGraphs | None = None
+        if settings.cuda_graphs:
+            model = self._v2_model()
+            self.graphs = DecodeGraphs(model.forward, self.device)
+            model.forward = self.graphs  # engine.put() calls model.forward(batch)
         self.kv_blocks_total = self.free_kv_blocks
         self.load_s = round(time.monotonic() - t0, 1)
         self._lengths: dict[int, int] = {}
@@ -353,6 +362,10 @@ class FastGenEngine(Engine):
             "kv_cache_free_blocks": self.free_kv_blocks,
             "memory_plan": self.memory.describe(),
             "rope": self.rope,
+            "gemm": self.gemm,
+            "cuda_graphs": self.graphs.describe()
+            if self.graphs
+            else {"enabled": False, "off_reason": "turned off (--no-cuda-graphs)"},
             "load_s": self.load_s,
         }
 
@@ -369,6 +382,7 @@ def settings_from_options(options: EngineOptions) -> FastGenSettings:
         max_batch_sequences=seqs,
         max_tracked_sequences=max(seqs, 2 * seqs),
         max_context=max_ctx,
+        cuda_graphs=options.cuda_graphs,
     )
 
 
