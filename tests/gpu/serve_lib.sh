@@ -48,8 +48,9 @@ tokens_batch() {  # LABEL PORT: 8 concurrent greedy requests (8 different prompt
   for i in 1 2 3 4 5 6 7 8; do
     curl -s "localhost:$2/v1/completions" -H 'content-type: application/json' \
       -d "{\"model\": \"m\", \"prompt\": [$((i * 1000)), $((i * 1000 + 7)), 42, $((i * 333))], \"max_tokens\": 32, \"temperature\": 0, \"ignore_eos\": true}" \
-      | python3 -c "import json,sys; print(json.dumps({'layout': '$1', 'i': $i, 'text': json.load(sys.stdin)['choices'][0]['text']}))" >> "$R/tokens-batch.jsonl" &
+      | python3 -c "import json,sys; print(json.dumps({'layout': '$1', 'i': $i, 'text': json.load(sys.stdin)['choices'][0]['text']}))" > "$R/tb-$1-$i.json" &
     gens+=($!)
   done
   wait "${gens[@]}"
+  cat "$R/tb-$1"-*.json >> "$R/tokens-batch.jsonl"  # one line each: concurrent appends interleaved once
 }

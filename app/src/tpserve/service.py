@@ -158,7 +158,8 @@ class Service:
             "tp_size": self.engine_info.get("tp_size"),
             "max_seq_len": self.max_seq_len,
             "max_batch_size": self.config.max_batch_size,
-            "engine_details": self.engine_info,  # at start-up (fastgen: KV blocks, rope)
+            # live (fastgen: free KV blocks, the CUDA graphs captured so far); cheap reads of rank 0's engine
+            "engine_details": sched.engine.describe() if sched else self.engine_info,
             "ranks": self.ranks,
             "queue_depth": sched.queue_depth() if sched else 0,
             "in_flight": sched.in_flight() if sched else 0,

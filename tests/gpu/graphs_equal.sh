@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# device tool, kind nvidia-h200 (or -x2), carry .whl:  bash tests/gpu/graphs_equal.sh
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+R=/tmp/graphs; SHAPE=qwen2.5-7b
+# shellcheck source=tests/gpu/env.sh
+source tests/gpu/env.sh
+timeout 240 python3 tests/gpu/graphs_equal.py 2>&1 | grep -v "^\[" | tail -n 5 | tee "$R/graphs_equal.txt"
+[ -n "${OUT:-}" ] && cp "$R/graphs_equal.txt" "$OUT/"
+exit 0
