@@ -65,7 +65,7 @@ class DecodeGraphs:
         self.eager = eager
         self.device = device
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool: Any = None  # one memory pool for every graph, made at the first capture
         self.bytes = 0
         self.capture_s = 0.0
         self.replays = 0
@@ -87,11 +87,15 @@ class DecodeGraphs:
 
     def _capture(self, n: int, batch: Any) -> None:
         t0 = time.monotonic()
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()  # as torch.cuda.graph does on entry: the difference is the graph's pool
-        before = torch.cuda.memory_reserved(self.device)
-        graph = torch.cuda.CUDAGraph()
+        before = 0
+        if torch.cuda.is_available():
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()  # as torch.cuda.graph does on entry: the difference is the graph's pool
+            before = torch.cuda.memory_reserved(self.device)
         try:
+            graph = torch.cuda.CUDAGraph()
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 out = self.eager(batch)  # captured, not run
         except Exception as exc:  # any capture failure: stay eager, keep serving
