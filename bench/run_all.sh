@@ -21,7 +21,7 @@ PY="${PYTHON:-python3}"
 run() { echo "=== $*"; "$@"; }
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 # 1. FastGen's ops, built once as provisioning does (dl_stack runs the same module): 60-100 s, then seconds
-want prebuild && { run timeout 300 "$PY" -m tpserve.prebuild --accelerator cuda | tee "$R/prebuild.json"; }
+want prebuild && { run timeout 300 "$PY" -m tpserve.tools.prebuild --accelerator cuda | tee "$R/prebuild.json"; }
 # 2. correctness: fastgen and autotp vs transformers (TP=1 and TP=2)
 want test && { run timeout "${T_TEST:-240}" "$PY" -m pytest -q -rs -s app/tests/test_gpu_correctness.py \
   -p no:cacheprovider 2>&1 | tee "$R/pytest.txt" | tail -30; }

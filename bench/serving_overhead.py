@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Host-side cost per token per stream of tpserve's serving path, WITHOUT a model (CPU only).
 
-What runs is the real rank-0 code: FastAPI app (`tpserve.api.build_app`) → `Service` → the
+What runs is the real rank-0 code: FastAPI app (`tpserve.frontend.build_app`) → `Service` → the
 `Scheduler` thread (continuous batching, `sample_batch`, `TextStream`, metrics, event delivery to
 the event loop) → SSE formatting, with a trivial engine whose `forward` returns one-hot logits that
 replay real token sequences (the synthetic byte-level BPE tokenizer on English + Chinese text, so
@@ -48,16 +48,16 @@ sys.path.insert(1, str(ROOT / "app" / "tests"))  # the fake engines are test fix
 
 import torch  # noqa: E402
 from fakes import ReplayEngine  # noqa: E402
-from tpserve.api import build_app  # noqa: E402
 from tpserve.config import ServeConfig  # noqa: E402
-from tpserve.dist import Channel  # noqa: E402
+from tpserve.control.dist import Channel  # noqa: E402
+from tpserve.control.messages import Step  # noqa: E402
+from tpserve.control.ranks import Watchdog  # noqa: E402
+from tpserve.core.scheduler import Scheduler  # noqa: E402
+from tpserve.core.service import Service  # noqa: E402
+from tpserve.core.textstream import TextStream  # noqa: E402
 from tpserve.engines.base import DistInfo  # noqa: E402
-from tpserve.messages import Step  # noqa: E402
-from tpserve.ranks import Watchdog  # noqa: E402
-from tpserve.scheduler import Scheduler  # noqa: E402
-from tpserve.service import Service  # noqa: E402
-from tpserve.synthetic import build_tokenizer  # noqa: E402
-from tpserve.textstream import TextStream  # noqa: E402
+from tpserve.frontend import build_app  # noqa: E402
+from tpserve.tools.synthetic import build_tokenizer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_overhead.json"
 VOCAB = 2048  # ReplayEngine's (app/tests/fakes.py)

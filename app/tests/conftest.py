@@ -150,7 +150,7 @@ def remove_shm_buffers(master_port: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tpserve.synthetic import build
+    from tpserve.tools.synthetic import build
 
     return build(tmp_path_factory.mktemp("model") / "tiny")
 

@@ -3,7 +3,7 @@ step): a long prompt takes several steps to prefill, a running stream gets token
 the long prompt's answer is the same as when it runs alone. (Greedy equality with single-process
 transformers for chunk-prefilled chat prompts: test_server.py.)
 
-Against another server (e.g. fastgen on a GPU host, bench/check_chunked_prefill_gpu.sh):
+Against another server (e.g. fastgen on a GPU host, tests/gpu/chunked_prefill.sh):
 TPSERVE_TEST_URL=http://127.0.0.1:8000 TPSERVE_TEST_MAX_BATCH_TOKENS=32 pytest test_chunked_prefill.py
 (the server must serve the synthetic tokenizer as model "tiny", without an API key)."""
 

@@ -87,7 +87,7 @@ def test_a_configuration_that_cannot_work_exits_2(model_dir: Path, tmp_path: Pat
 
 
 def test_oneshot_like_the_reference_app_py(model_dir: Path, tmp_path: Path) -> None:
-    """`deepspeed --num_gpus 2 --module tpserve.oneshot --model DIR`: both ranks load and run every
+    """`deepspeed --num_gpus 2 --module tpserve.tools.oneshot --model DIR`: both ranks load and run every
     step, rank 0 prints the prompt, the response and the time, every process exits 0."""
     import subprocess
     import sys
@@ -97,7 +97,7 @@ def test_oneshot_like_the_reference_app_py(model_dir: Path, tmp_path: Path) -> N
     port = free_port()
     cmd = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
-        "--module", "tpserve.oneshot", "--model", str(model_dir), "--prompt", "Hello there",
+        "--module", "tpserve.tools.oneshot", "--model", str(model_dir), "--prompt", "Hello there",
         "--max-new-tokens", "12",
     ]  # fmt: skip
     try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tpserve.engines.fastgen_graphs import DecodeGraphs
+from tpserve.engines.fastgen.graphs import DecodeGraphs
 
 
 @dataclass

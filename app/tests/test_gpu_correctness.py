@@ -21,7 +21,7 @@ Tolerances (stated, checked at each of the 16 steps of each sequence):
 - the engine's greedy token equals the reference's wherever the reference's top-2 margin is at least
   0.6 logits for fastgen (2x the worst per-logit error seen, 0.29) and 0.01 for autotp (float32).
 - The 2100-token prompt was off before tpserve gave FastGen float32 rotary frequencies (rel. error
-  0.32, H200, 2026-11-21: DeepSpeed rounds them to fp16, see tpserve.engines.fastgen_rope); the
+  0.32, H200, 2026-11-21: DeepSpeed rounds them to fp16, see tpserve.engines.fastgen.rope); the
   test also checks that the engine reports the float32 path.
 
 Run on a GPU host:  pytest app/tests/test_gpu_correctness.py -v

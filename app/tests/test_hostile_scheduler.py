@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tpserve.dist import Channel
+from tpserve.control.dist import Channel
+from tpserve.control.ranks import Watchdog
+from tpserve.core.metrics import Metrics
+from tpserve.core.request import Event, Request
+from tpserve.core.sampling import SamplingParams
+from tpserve.core.scheduler import Scheduler
 from tpserve.engines.base import DistInfo
-from tpserve.metrics import Metrics
-from tpserve.ranks import Watchdog
-from tpserve.request import Event, Request
-from tpserve.sampling import SamplingParams
-from tpserve.scheduler import Scheduler
 
 
 class Running:
@@ -174,7 +174,7 @@ class _SlowEngine(fakes.ScriptedEngine):
 def test_health_reports_the_step_age_and_turns_stalled() -> None:
 
     from tpserve.config import ServeConfig
-    from tpserve.service import Service
+    from tpserve.core.service import Service
 
     r = Running(_SlowEngine())
     service = Service(ServeConfig(model_dir="/nonexistent", served_model_name="t", stall_timeout_s=0.4), 1)

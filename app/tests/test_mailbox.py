@@ -1,4 +1,4 @@
-"""The shared-memory mailbox (tpserve.mailbox) between two real processes: order, acknowledgement,
+"""The shared-memory mailbox (tpserve.control.mailbox) between two real processes: order, acknowledgement,
 the 'via gloo' marker, capacity, timeouts, and no file left in /dev/shm."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tpserve import stepwire
-from tpserve.mailbox import Mailbox, MailboxTimeout
-from tpserve.messages import Heartbeat, Step
+from tpserve.control import stepwire
+from tpserve.control.mailbox import Mailbox, MailboxTimeout
+from tpserve.control.messages import Heartbeat, Step
 
 CAPACITY = 64
 

@@ -1,4 +1,4 @@
-"""GPU memory arithmetic (tpserve.memory) for the reference shapes: Qwen2.5-7B and -14B on a 24 GB
+"""GPU memory arithmetic (tpserve.tools.memory) for the reference shapes: Qwen2.5-7B and -14B on a 24 GB
 A10 and a 141 GB H200, at TP 1/2/4, plus the estimate checked against a real model's parameters."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tpserve.memory import GIB, ModelShape, main, plan
+from tpserve.tools.memory import GIB, ModelShape, main, plan
 
 QWEN_7B = ModelShape(
     layers=28, hidden=3584, heads=28, kv_heads=4, head_dim=128, intermediate=18944, vocab=152064

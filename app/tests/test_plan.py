@@ -1,4 +1,4 @@
-"""The one support table (tpserve.engines.support) and `python -m tpserve.plan`, which serve.yml runs
+"""The one support table (tpserve.engines.support) and `python -m tpserve.tools.plan`, which serve.yml runs
 on the master instead of keeping its own lists of architectures."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tpserve.engines import support
-from tpserve.plan import main
+from tpserve.tools.plan import main
 
 QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
 GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}

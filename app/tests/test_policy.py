@@ -1,4 +1,4 @@
-"""The pure scheduling policy (tpserve.policy): no model, no threads, microseconds per case."""
+"""The pure scheduling policy (tpserve.core.policy): no model, no threads, microseconds per case."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from tpserve import policy
-from tpserve.request import Request
-from tpserve.sampling import SamplingParams
+from tpserve.core import policy
+from tpserve.core.request import Request
+from tpserve.core.sampling import SamplingParams
 
 LOOP = asyncio.new_event_loop()
 

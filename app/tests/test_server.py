@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import API_KEY, LaunchedServer
 
-from tpserve.schemas import REFERENCE_SYSTEM_PROMPT
+from tpserve.frontend.schemas import REFERENCE_SYSTEM_PROMPT
 
 pytestmark = pytest.mark.slow
 

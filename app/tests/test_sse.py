@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from tpserve.api.sse import sse_data, text_chunk_template
-from tpserve.request import Event
+from tpserve.core.request import Event
+from tpserve.frontend.sse import sse_data, text_chunk_template
 
 
-def _completion_chunk(ev: Event) -> dict[str, Any]:  # the shapes tpserve.api streams
+def _completion_chunk(ev: Event) -> dict[str, Any]:  # the shapes tpserve.frontend streams
     choice = {"index": 0, "text": ev.text, "finish_reason": ev.finish_reason, "logprobs": None}
     return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m", "choices": [choice]}
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from tpserve import stepwire
-from tpserve.dist import Channel
+from tpserve.control import stepwire
+from tpserve.control.dist import Channel
+from tpserve.control.messages import Heartbeat, Message, Shutdown, Step
 from tpserve.engines.base import DistInfo
-from tpserve.messages import Heartbeat, Message, Shutdown, Step
 
 
 def _messages(rng: random.Random) -> list[Message]:

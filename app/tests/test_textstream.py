@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tpserve.textstream import ReferenceTextStream, TextStream
+from tpserve.core.textstream import ReferenceTextStream, TextStream
 
 TEXTS = [
     "你好，请介绍一下你自己。Tensor parallel 数据并行 🚀🚀 émigré naïve — done.",

@@ -10,12 +10,12 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from tpserve.core.sampling import SamplingParams, filter_logits, make_generator, sample
+from tpserve.core.textstream import TextStream
 from tpserve.engines import EngineError, EngineOptions, select
 from tpserve.engines.base import check_sharding, full_linear_weight_elements
-from tpserve.limits import BodyLimitMiddleware
-from tpserve.sampling import SamplingParams, filter_logits, make_generator, sample
-from tpserve.schemas import ChatCompletionRequest, GenerateRequest
-from tpserve.textstream import TextStream
+from tpserve.frontend.limits import BodyLimitMiddleware
+from tpserve.frontend.schemas import ChatCompletionRequest, GenerateRequest
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_gpu_collector_reads_nvml_at_scrape_time() -> None:
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from tpserve.metrics import GpuCollector
+    from tpserve.core.metrics import GpuCollector
 
     def no_power(_h: object) -> float:
         raise RuntimeError("not supported")

@@ -26,8 +26,8 @@ done
 "$bin/ansible-playbook" tests/cuda_standin/gpu_localhost.yml "${args[@]}" --check > "$OUT/check.log" 2>&1 && echo "check: $(grep -A1 'PLAY RECAP' "$OUT/check.log" | tail -1)"
 grep -A4 'What was built for' "$OUT/run1.log" | tail -3
 ls -la /opt/tpserve/torch_extensions/
-arch=$(su tpserve -s /bin/sh -c "$PY -c 'from tpserve.prebuild import cuda_arch, plain_arch; print(plain_arch(cuda_arch()))'")
+arch=$(su tpserve -s /bin/sh -c "$PY -c 'from tpserve.tools.prebuild import cuda_arch, plain_arch; print(plain_arch(cuda_arch()))'")
 echo "tpserve_service's probe: $arch"
 s=$(date +%s)
-su tpserve -s /bin/sh -c "env TORCH_CUDA_ARCH_LIST=$arch CUDA_HOME=$cuda_home TORCH_EXTENSIONS_DIR=/opt/tpserve/torch_extensions PATH=$bin:/usr/bin:/bin $PY -m tpserve.prebuild --accelerator cuda"
+su tpserve -s /bin/sh -c "env TORCH_CUDA_ARCH_LIST=$arch CUDA_HOME=$cuda_home TORCH_EXTENSIONS_DIR=/opt/tpserve/torch_extensions PATH=$bin:/usr/bin:/bin $PY -m tpserve.tools.prebuild --accelerator cuda"
 echo "service env load: $(( $(date +%s) - s )) s"

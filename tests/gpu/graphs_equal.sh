@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Greedy tokens with CUDA graphs == without, the batch held fixed (engine level, TP=1, 7B shape)
 # device tool, kind nvidia-h200 (or -x2), carry .whl:  bash tests/gpu/graphs_equal.sh
 set -u
 cd "$(dirname "$0")/../.." || exit 1

@@ -1,7 +1,7 @@
-"""gpu_preflight's memory check (tasks/memory.yml), also run by serve.yml's validation: the app's
-python -m tpserve.memory on this node's smallest GPU. Here on localhost with a stand-in nvidia-smi
-that reports an A10 (23028 MiB) and the Qwen2.5-14B shape's config.json: TP=1 stops with the
-numbers and the settings to change; TP=2 fits; an asked KV cache that cannot fit names it."""
+"""gpu_preflight's memory check (tasks/memory.yml), also run by serve.yml's validation: the
+app's python -m tpserve.tools.memory on this node's smallest GPU. Here on localhost with a stand-in
+nvidia-smi that reports an A10 (23028 MiB) and the Qwen2.5-14B shape's config.json: TP=1 stops with
+the numbers and the settings to change; TP=2 fits; an asked KV cache that cannot fit names it."""
 
 from __future__ import annotations
 

@@ -105,4 +105,4 @@ def test_fastgen_compute_capability() -> None:
 
 def test_filter_module_exports() -> None:
     filters = nvsmi.FilterModule().filters()
-    assert set(filters) == {"nvidia_smi_gpus", "gpu_preflight_problems"}
+    assert set(filters) == {"nvidia_smi_gpus", "gpu_preflight_problems", "gpu_group_mismatch"}

@@ -72,7 +72,7 @@ def _validate(a: argparse.Namespace, p: argparse.ArgumentParser) -> None:
 def _with_properties(argv: list[str], p: argparse.ArgumentParser) -> list[str]:
     """`--serving-properties FILE` stands for the flags the file sets, placed first (so the
     command line's own flags win)."""
-    from tpserve.serving_properties import PropertiesError, to_args
+    from tpserve.frontend.serving_properties import PropertiesError, to_args
 
     if "--serving-properties" not in argv:
         return argv
@@ -106,7 +106,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ServeConfig, str, s
 
 def main(argv: list[str] | None = None) -> int:
     cfg, level, pid_file = config_from_args(argv)
-    from tpserve.dist import dist_info_from_env
+    from tpserve.control.dist import dist_info_from_env
 
     info = dist_info_from_env()
     logging.basicConfig(

@@ -12,8 +12,8 @@ import threading
 import time
 from typing import Any
 
-from tpserve import dist
 from tpserve.config import ServeConfig
+from tpserve.control import dist
 from tpserve.engines.base import DistInfo, EngineError, EngineOptions
 
 log = logging.getLogger("tpserve.runtime")
@@ -82,7 +82,7 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
 
 
 def run_worker(cfg: ServeConfig, info: DistInfo) -> int:
-    from tpserve.ranks import Watchdog, worker_loop
+    from tpserve.control.ranks import Watchdog, worker_loop
 
     try:
         engine, channel, _, _, _ = bring_up(cfg, info)
@@ -115,11 +115,11 @@ def _follow_rank0_on_sigterm(rank: int, drain_timeout_s: float) -> None:
 
 
 def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
-    from tpserve.api import build_app
-    from tpserve.ranks import Watchdog
-    from tpserve.scheduler import Scheduler
-    from tpserve.server import serve_http
-    from tpserve.service import Service
+    from tpserve.control.ranks import Watchdog
+    from tpserve.core.scheduler import Scheduler
+    from tpserve.core.service import Service
+    from tpserve.frontend import build_app
+    from tpserve.frontend.server import serve_http
 
     service = Service(cfg, info.world_size)
 

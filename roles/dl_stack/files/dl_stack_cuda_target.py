@@ -3,8 +3,8 @@
 
 {"deepspeed": "0.19.8", "torch": "2.13.0+cu130", "arch": "8.6"} -- the arch is TPSERVE_CUDA_ARCH
 when set, else this node's GPUs as torch reports them, in both cases made plain major.minor by
-tpserve.prebuild (the very function the build uses). On failure {"error": "..."}; exit code 0 so
-that Ansible can name the node and the variable to set.
+tpserve.tools.prebuild (the very function the build uses). On failure {"error": "..."}; exit 0
+so that Ansible can name the node and the variable to set.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from importlib import metadata
 
 def main() -> int:
     try:
-        from tpserve.prebuild import cuda_arch, plain_arch
+        from tpserve.tools.prebuild import cuda_arch, plain_arch
 
         arch = plain_arch(os.environ.get("TPSERVE_CUDA_ARCH") or cuda_arch())
         result: dict[str, str] = {

@@ -59,6 +59,7 @@ def nvidia_smi_gpus(
         raw = {field: _value(cell) for field, cell in zip(fields, row, strict=True)}
         index = _number(raw.get("index"))
         memory = _number(raw.get("memory.total"))
+        free = _number(raw.get("memory.free"))
         cc = _number(raw.get("compute_cap"))
         gpus.append(
             {
@@ -70,6 +71,8 @@ def nvidia_smi_gpus(
                 "compute_cap": cc,
             }
         )
+        if "memory.free" in fields:  # asked by the group check (tasks/group.yml) only
+            gpus[-1]["memory_free_mib"] = int(free) if free is not None else None
     return gpus
 
 
@@ -123,6 +126,49 @@ def gpu_preflight_problems(
     return problems
 
 
+def _shape(gpus: list[dict[str, Any]]) -> tuple[int, list[str], list[int]]:
+    caps = sorted(str(g.get("compute_cap")) for g in gpus)
+    return len(gpus), caps, sorted(int(g.get("memory_mib") or 0) for g in gpus)
+
+
+def _summary(gpus: list[dict[str, Any]]) -> str:
+    count, caps, totals = _shape(gpus)
+    memory = "/".join(str(m) for m in sorted(set(totals)))
+    return f"{count} GPU(s), compute capability {'/'.join(sorted(set(caps)))}, memory {memory} MiB"
+
+
+def gpu_group_mismatch(
+    nodes: dict[str, list[dict[str, Any]]], master: str, free_tolerance_mib: int = 1024
+) -> list[str]:
+    """Problems of ONE tensor-parallel group over several nodes (empty list = uniform).
+
+    Every node must have the master's GPU count (one rank per GPU), compute capability (FastGen's
+    ops are built per arch; mixed arches also mix kernels) and GPU memory size, and its GPUs' free
+    memory may differ from the master's by at most `free_tolerance_mib`: every rank sizes its
+    KV cache from what is free, and rank 0 schedules by its own cache, so a rank with less runs out.
+    """
+    if master not in nodes:
+        return [f"the master {master} reported no GPUs"]
+    ref = nodes[master]
+    ref_free = min((g.get("memory_free_mib") or 0) for g in ref) if ref else 0
+    problems: list[str] = []
+    for node, gpus in sorted(nodes.items()):
+        if node == master:
+            continue
+        if _shape(gpus) != _shape(ref):
+            problems.append(f"{node} has {_summary(gpus)}; the master {master} has {_summary(ref)}")
+            continue
+        free = min((g.get("memory_free_mib") or 0) for g in gpus) if gpus else 0
+        if abs(free - ref_free) > int(free_tolerance_mib):
+            problems.append(
+                f"{node}: {free} MiB free on its fullest GPU, the master {master} {ref_free} MiB "
+                f"(more than {int(free_tolerance_mib)} MiB apart): another process holds GPU "
+                "memory (nvidia-smi on that node), or set tpserve_kv_cache_gb so that every rank "
+                "allocates the same"
+            )
+    return problems
+
+
 class FilterModule:
     """Ansible filter plugin entry point."""
 
@@ -130,4 +176,5 @@ class FilterModule:
         return {
             "nvidia_smi_gpus": nvidia_smi_gpus,
             "gpu_preflight_problems": gpu_preflight_problems,
+            "gpu_group_mismatch": gpu_group_mismatch,
         }

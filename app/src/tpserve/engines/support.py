@@ -2,7 +2,7 @@
 
 Static rules only (no GPU, no import of DeepSpeed): the model's architecture, the accelerator and
 the GPU's compute capability. `tpserve.engines.select` adds the runtime checks (CUDA present, GPUs per
-host, modules importable); `python -m tpserve.plan` answers the same question for serve.yml before any
+host, modules importable); `python -m tpserve.tools.plan` answers the same question for serve.yml before any
 process starts, so Ansible never keeps its own copy of these lists.
 """
 

@@ -1,0 +1,40 @@
+"""The typed control plane: what rank 0 broadcasts to every rank, once per step or heartbeat.
+
+    Step(uids, chunks, release)   every rank: release, then engine.forward(uids, chunks)
+    Heartbeat(release)            every rank: release; "rank 0 is alive" (no forward)
+    Shutdown(release)             every rank: release, then exit 0
+
+`release` lists finished sequences; every rank frees them before anything else. Encoded by
+tpserve.control.stepwire as int64s only (no pickle on the wire).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    uids: Sequence[int]
+    chunks: Sequence[Sequence[int]]  # chunks[i]: the NEW tokens of sequence uids[i]
+    release: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.uids) != len(self.chunks):
+            raise ValueError(
+                f"a step needs one chunk per uid ({len(self.uids)} uids, {len(self.chunks)} chunks)"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat:
+    release: Sequence[int] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shutdown:
+    release: Sequence[int] = ()
+
+
+Message = Step | Heartbeat | Shutdown

@@ -1,0 +1,38 @@
+"""What one sampled token means for its request: text to stream, and whether it is finished."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tpserve.core.request import Event, Request
+
+
+def on_token(req: Request, token: int, eos_ids: Iterable[int], max_seq_len: int) -> tuple[str, str | None]:
+    """Append `token`; return (text delta to stream, finish reason: "stop" | "length" | None)."""
+    req.output_ids.append(token)
+    assert req.stream is not None
+    if token in eos_ids and not req.params.ignore_eos:
+        return "", "stop"
+    delta = req.stream.add(token)
+    if req.stream.stopped:
+        return delta, "stop"
+    if (
+        len(req.output_ids) >= req.params.max_new_tokens
+        or len(req.prompt_ids) + len(req.output_ids) >= max_seq_len
+    ):
+        return delta, "length"
+    return delta, None
+
+
+def final_event(req: Request, reason: str, error: str | None, kind: str) -> Event:
+    """The request's last event: the held-back text tail (on stop/length), usage and the reason."""
+    tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
+    return Event(
+        text=tail,
+        finish_reason=reason,
+        prompt_tokens=len(req.prompt_ids),
+        completion_tokens=len(req.output_ids),
+        error=error,
+        error_kind=kind,
+        output_ids=list(req.output_ids),
+    )

@@ -1,0 +1,96 @@
+"""One generation's state, shared by the HTTP coroutine (reader) and the engine thread (writer),
+and the events the HTTP side receives (text deltas, then one final event)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import threading
+import time
+
+import torch
+
+from tpserve.core.sampling import SamplingParams
+from tpserve.core.textstream import TextStream
+
+
+@dataclasses.dataclass
+class Event:
+    """What the HTTP side receives: text deltas, then one final event."""
+
+    text: str = ""
+    token_id: int | None = None
+    finish_reason: str | None = None  # stop | length | timeout | cancelled | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    #: with finish_reason "error": "capacity" (retry later: 503) or "internal" (this request only: 500)
+    error_kind: str = "capacity"
+    #: on the final event: every generated token id (EOS included)
+    output_ids: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.finish_reason is not None
+
+
+_uids = itertools.count(1)
+
+
+class Request:
+    """One generation, shared by the HTTP coroutine (reader) and the scheduler thread (writer)."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        timeout_s: float,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: str = "",
+    ) -> None:
+        self.uid = next(_uids)
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.endpoint = endpoint
+        self.created = time.monotonic()
+        self.deadline = self.created + timeout_s
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self._loop = loop
+        # scheduler-thread state
+        self.output_ids: list[int] = []
+        self.prefill_pos = 0  # prompt tokens already sent to the engine (chunked prefill)
+        self.prefilled = False  # the whole prompt is in the engine and a token was sampled
+        self.generator: torch.Generator | None = None
+        self.stream: TextStream | None = None
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.finish_reason: str | None = None
+
+    def cancel(self) -> None:
+        """Called from the HTTP side (client went away, timeout): the scheduler drops it."""
+        self.cancelled.set()
+
+    def push(self, event: Event) -> None:
+        """Deliver one event now (one event-loop wake-up); the scheduler batches via deliver()."""
+        deliver([(self, event)])
+
+
+def _put_all(batch: list[tuple[Request, Event]]) -> None:
+    """Runs on the event loop: hand every event of one step to its request's queue."""
+    for req, event in batch:
+        req.events.put_nowait(event)
+
+
+def deliver(batch: list[tuple[Request, Event]]) -> None:
+    """One `call_soon_threadsafe` per event loop for a whole batch of events (in order)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Event]]] = {}
+    for item in batch:
+        by_loop.setdefault(item[0]._loop, []).append(item)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the HTTP event loop is already closed (process ending)
+            for req, _ in items:
+                req.cancel()

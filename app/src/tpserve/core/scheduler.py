@@ -1,0 +1,311 @@
+"""Rank 0's scheduler thread: builds each step, broadcasts it, samples, streams tokens back.
+
+Requests arrive from the HTTP event loop through a thread-safe queue and join the running batch
+at step boundaries (continuous batching). Each step carries, for every active sequence, its new
+tokens (the whole prompt on its first step, then the last sampled token). Finished sequences are
+released on every rank through the `release` list of the next broadcast message.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from tpserve.control.messages import Heartbeat, Message, Shutdown, Step
+from tpserve.control.ranks import Watchdog, execute
+from tpserve.core import output, policy
+from tpserve.core.metrics import Metrics
+from tpserve.core.request import Event, Request, deliver
+from tpserve.core.sampling import Failed, make_generator, sample_batch
+from tpserve.core.textstream import TextStream
+from tpserve.engines.base import Engine
+
+log = logging.getLogger("tpserve.core.scheduler")
+
+
+PHASES = ("schedule", "broadcast", "forward", "sample", "emit")
+PHASE_FLUSH_STEPS = 16
+#: On a GPU, a step with more events than this hands them to the HTTP loop right after the NEXT
+#: step's launch (see _step): one step later, but the loop's work then overlaps the GPU's.
+DELIVER_NOW_MAX = 8
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        channel: Any,
+        decode: Callable[[list[int]], str],
+        eos_ids: Iterable[int],
+        metrics: Metrics,
+        max_batch_size: int,
+        heartbeat_interval_s: float,
+        watchdog: Watchdog,
+        token_budget: int | None = None,
+    ) -> None:
+        self.engine = engine
+        if engine.kv_blocks() is not None:
+            metrics.register_kv()
+        #: tokens per step (decodes + prompt chunks); None: whole prompts in one step
+        self.token_budget = token_budget if token_budget else engine.step_token_budget
+        self.channel = channel
+        self.decode = decode
+        self.eos_ids = frozenset(eos_ids)
+        self.metrics = metrics
+        self.max_batch_size = min(max_batch_size, engine.max_batch_size)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.watchdog = watchdog
+        self.pending: queue.Queue[Request | None] = queue.Queue()  # None: wake-up, no request
+        self.active: list[Request] = []
+        self._release: list[int] = []
+        self._held: Request | None = None  # head of the line, waiting until the engine has room
+        self._outbox: list[tuple[Request, Event]] = []  # events of this step, delivered together
+        self._single_decode: dict[int, str] = {}  # decode([id]) cache shared by all TextStreams
+        self._shutdown = threading.Event()
+        self._drain_deadline = float("inf")
+        self.stopped = threading.Event()
+        self.steps = 0
+        self._phase = dict.fromkeys(PHASES, 0.0)  # seconds per phase since the last flush
+        self._steps_flushed = 0
+        self._step_end = time.perf_counter()
+
+    # -- called from the HTTP thread -------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        self.pending.put(req)
+        self.metrics.queue_depth.set(self.pending.qsize())
+
+    def queue_depth(self) -> int:
+        return self.pending.qsize() + (self._held is not None)
+
+    def in_flight(self) -> int:
+        return self.queue_depth() + len(self.active)
+
+    def request_shutdown(self, drain_timeout_s: float = float("inf")) -> None:
+        """Finish what is queued and running, then broadcast 'shutdown' and return from run().
+        What is still queued or running after `drain_timeout_s` ends with a 503 (retry elsewhere)."""
+        self._drain_deadline = time.monotonic() + drain_timeout_s
+        self._shutdown.set()
+        self.pending.put(None)  # wake the loop now instead of at the next heartbeat
+
+    def step_age(self) -> float:
+        """Seconds the current step has been running (0 between steps): a hung peer shows here."""
+        return self.watchdog.busy_for()
+
+    def _drain_expired(self) -> None:
+        """The drain timeout passed: every request still here ends with a clean 503."""
+        reason = "the server is shutting down (drain timeout); retry"
+        for req in list(self.active):
+            self._finish(req, "error", error=reason)
+        while True:
+            try:
+                req = self._held or self.pending.get_nowait()
+            except queue.Empty:
+                break
+            self._held = None
+            if req is not None:
+                self._finish(req, "error", release=False, error=reason)
+
+    # -- the loop (rank 0's engine thread) -------------------------------------------------
+    def run(self) -> None:
+        while True:
+            if self._shutdown.is_set() and time.monotonic() > self._drain_deadline:
+                self._drain_expired()
+            self._reap()
+            self._admit()
+            if not self.active:
+                self._deliver()
+                self._flush_phases()
+                if self._shutdown.is_set() and self.pending.empty() and self._held is None:
+                    self._broadcast(Shutdown)
+                    self.stopped.set()
+                    return
+                try:
+                    req = self.pending.get(timeout=self.heartbeat_interval_s)
+                except queue.Empty:
+                    self._broadcast(Heartbeat)
+                    continue
+                if req is not None:
+                    self._start(req)
+                self._step_end = time.perf_counter()  # idle time is not step time
+                continue
+            self._step()
+
+    def _broadcast(self, kind: type[Message], *args: Any) -> torch.Tensor | None:
+        message, self._release = kind(*args, release=self._release), []
+        self.watchdog.busy()
+        t0 = time.perf_counter()
+        msg = self.channel.broadcast(message)
+        t1 = time.perf_counter()
+        logits = execute(self.engine, msg)
+        self._phase["broadcast"] += t1 - t0
+        self._phase["forward"] += time.perf_counter() - t1
+        self.watchdog.idle()
+        return logits
+
+    def _admit(self) -> None:
+        while len(self.active) < self.max_batch_size:
+            req, self._held = self._held, None
+            if req is None:
+                try:
+                    req = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+                if req is None:
+                    continue
+            if req.cancelled.is_set() or time.monotonic() > req.deadline:
+                self._start(req)  # finishes it without running it
+                continue
+            decision = policy.admission(self.active, req, self._fits)
+            if decision == "hold":
+                self._held = req  # joins when running sequences finish
+                break
+            if decision == "refuse":
+                self._finish(req, "error", release=False, error="the prompt does not fit the KV cache")
+                break
+            self._start(req)
+        self.metrics.queue_depth.set(self.queue_depth())
+
+    def _fits(self, batch: list[Request]) -> bool:
+        """Ask the engine (KV blocks, sequence limits) whether one step over `batch` fits."""
+        return self.engine.can_schedule([r.uid for r in batch], [policy.new_tokens(r) for r in batch])
+
+    def _start(self, req: Request) -> None:
+        if req.cancelled.is_set() or time.monotonic() > req.deadline:
+            self._finish(req, "cancelled" if req.cancelled.is_set() else "timeout", release=False)
+            return
+        try:
+            req.generator = make_generator(req.params)
+            req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
+        except Exception as exc:  # a bad value of this request must not stop the engine thread
+            log.warning("request %d refused at start: %s: %s", req.uid, type(exc).__name__, exc)
+            self._finish(req, "error", release=False, error=f"bad request ({exc})", kind="internal")
+            return
+        self.active.append(req)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for req in list(self.active):
+            if req.cancelled.is_set():
+                self._finish(req, "cancelled")
+            elif now > req.deadline:
+                self._finish(req, "timeout")
+
+    def _step(self) -> None:
+        plan = policy.plan_step(self.active, self._fits, self.token_budget)
+        for req in plan.preempt:  # decoding outgrew the KV cache: the newest sequences go (clients retry)
+            self._finish(req, "error", error="KV cache exhausted; request preempted, retry")
+        for req in plan.at_capacity:  # a lone sequence that outgrows the whole cache ends where it is
+            self._finish(req, "length")
+        for req in plan.too_big:
+            self._finish(req, "error", error="the prompt does not fit the KV cache", kind="internal")
+        if not plan.batch:
+            return
+        batch, chunks = plan.batch, plan.chunks
+        prefills = sum(not r.prefilled for r in batch)
+        if prefills:
+            self.metrics.prefill_chunks.inc(prefills)
+        uids = [r.uid for r in batch]
+        self.metrics.batch_size.observe(len(batch))
+        t0 = time.perf_counter()
+        phase = self._phase
+        phase["schedule"] += t0 - self._step_end
+        logits = self._broadcast(Step, uids, chunks)
+        self.steps += 1
+        assert logits is not None
+        # Events held back from the last step go out now: the HTTP event loop streams them while this
+        # thread waits for the GPU (sample_batch releases the GIL), instead of taking the GIL in the
+        # middle of the next step's kernel launches.
+        self._deliver()
+        t1 = time.perf_counter()
+        # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
+        # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
+        # a sequence whose prompt is only partly in the engine has no next token yet
+        done = policy.advance(plan)
+        sampled = [batch[row] for row in done]
+        rows = logits
+        if len(done) != len(batch):
+            rows = logits[torch.tensor(done, dtype=torch.long, device=logits.device)]
+        tokens = sample_batch(rows, [r.params for r in sampled], [r.generator for r in sampled])
+        t2 = time.perf_counter()
+        now = time.monotonic()
+        for req, token in zip(sampled, tokens, strict=True):
+            req.prefilled = True
+            if isinstance(token, Failed):
+                log.warning("request %d failed in step %d: %s", req.uid, self.steps, token.reason)
+                self._finish(req, "error", error=token.reason, kind="internal")
+                continue
+            try:
+                self._on_token(req, token, now)
+            except Exception as exc:  # detokenizing, stop strings: this request ends, the others go on
+                log.exception("request %d: token %d could not be processed", req.uid, token)
+                self._finish(
+                    req, "error", error=f"token {token} could not be processed ({exc})", kind="internal"
+                )
+        self.metrics.output_tokens.inc(len(sampled))
+        if logits.device.type != "cuda" or len(self._outbox) <= DELIVER_NOW_MAX:
+            # now: few streams (lowest latency), or a synchronous engine (CPU: the next forward does
+            # not overlap anything, holding events back would only delay them by a whole step)
+            self._deliver()
+        self._step_end = time.perf_counter()
+        phase["sample"] += t2 - t1
+        phase["emit"] += self._step_end - t2
+        if self.steps % PHASE_FLUSH_STEPS == 0:
+            self._flush_phases()
+
+    def _flush_phases(self) -> None:
+        """Add the phase times to the Prometheus counters (every few steps: inc() takes a lock)."""
+        for name, seconds in self._phase.items():
+            self.metrics.step_seconds.labels(name).inc(seconds)
+            self._phase[name] = 0.0
+        self.metrics.steps.inc(self.steps - self._steps_flushed)
+        self._steps_flushed = self.steps
+        kv = self.engine.kv_blocks()
+        if kv is not None:
+            self.metrics.kv_blocks.labels("used").set(kv[0])
+            self.metrics.kv_blocks.labels("total").set(kv[1])
+
+    def _deliver(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            deliver(batch)
+
+    def _on_token(self, req: Request, token: int, now: float) -> None:
+        if req.first_token_at is None:
+            req.first_token_at = now
+            self.metrics.ttft.observe(now - req.created)
+        else:
+            self.metrics.itl.observe(now - (req.last_token_at or now))
+        req.last_token_at = now
+        delta, finish = output.on_token(req, token, self.eos_ids, self.engine.max_seq_len)
+        if delta:
+            self._outbox.append((req, Event(text=delta, token_id=token)))
+        if finish:
+            self._finish(req, finish)
+
+    def _finish(
+        self,
+        req: Request,
+        reason: str,
+        release: bool = True,
+        error: str | None = None,
+        kind: str = "capacity",
+    ) -> None:
+        if req in self.active:
+            self.active.remove(req)
+        if release and req.prefill_pos > 0:  # the engine holds (part of) the sequence
+            self._release.append(req.uid)
+        req.finish_reason = reason
+        self.metrics.request_seconds.observe(time.monotonic() - req.created)
+        try:
+            final = output.final_event(req, reason, error, kind)
+        except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped
+            log.exception("request %d: final text could not be decoded", req.uid)
+            req.stream = None
+            final = output.final_event(req, reason, error, kind)
+        self._outbox.append((req, final))
