@@ -342,6 +342,15 @@ def check_requests(client: httpx.Client, report: Report, args: argparse.Namespac
             f"HTTP {resp.status_code}: {resp.text[:120]!r}",
         )
 
+    if args.layout == "replicas":  # scraped from every replica, not through the front door
+        for i, url in enumerate(args.replica_url):
+            r = httpx.get(f"{url}/metrics", timeout=args.timeout)
+            report.add(
+                f"replica{i}.metrics",
+                r.status_code == 200 and "tpserve_" in r.text,
+                f"{url}/metrics: HTTP {r.status_code}, {len(r.text)} bytes",
+            )
+        return
     r = client.get("/metrics")
     report.add(
         "metrics",
