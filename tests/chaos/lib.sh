@@ -65,10 +65,12 @@ node_sh() {
 container_of() { printf '%s' "$1"; }
 
 # playbook LOG PLAYBOOK ARGS...: run a playbook on the lab, keep its output in LOG; returns its rc.
+# CHAOS_PLAYBOOK_ARGS: extra arguments for every run (e.g. "-e tpserve_tp_size=3" on a 3-node lab).
 playbook() {
-  local log=$1
+  local log=$1 extra=()
   shift
-  ansible-playbook -i "${INVENTORY}" "$@" >"${log}" 2>&1
+  read -r -a extra <<<"${CHAOS_PLAYBOOK_ARGS:-}"
+  ansible-playbook -i "${INVENTORY}" ${extra[@]+"${extra[@]}"} "$@" >"${log}" 2>&1
 }
 
 # health_ok: /health answers 200 with status ok.

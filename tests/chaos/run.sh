@@ -15,8 +15,12 @@
 #   worker-down    podman stop of the last worker: serve.yml and smoketest.yml fail fast naming
 #                  it; podman start, then serve.yml restores the service.
 #   replicas       serve.yml with tpserve_layout=replicas tpserve_tp_size=1; the last worker
-#                  stopped; once the router marks it down, CHAOS_REPLICA_REQUESTS requests -> 0
-#                  failed; worker started, layout restored (serve.yml) at the end.
+#                  stopped; once the front door (HAProxy) marks it down, CHAOS_REPLICA_REQUESTS
+#                  requests -> 0 failed, none sent to it; worker started, layout restored (serve.yml).
+#   rolling-restart  replicas layout; serve.yml applies a serving-variable change
+#                  (tpserve_max_batch_size=CHAOS_ROLLING_BATCH_SIZE) while load runs in batches of
+#                  CHAOS_ROLLING_BATCH requests (at most CHAOS_ROLLING_MAX_BATCHES): every replica
+#                  restarted one at a time, 0 requests lost (every answer 200, none 503).
 #   security       tests/security/check.sh all (live checks + Vault secrets, see there).
 #
 # Logs: reports/chaos/*.log; summary table: reports/chaos/summary.txt (and stdout).
@@ -30,6 +34,10 @@ LOGS=${CHAOS_REPORT_DIR:-reports/chaos}
 RECOVERY_LIMIT=${CHAOS_RECOVERY_LIMIT:-120}
 FAIL_FAST_LIMIT=${CHAOS_FAIL_FAST_LIMIT:-180}
 REPLICA_REQUESTS=${CHAOS_REPLICA_REQUESTS:-100}
+FRONT_DOOR_STATS_PORT=${TPSERVE_FRONT_DOOR_STATS_PORT:-8404}
+ROLLING_BATCH=${CHAOS_ROLLING_BATCH:-100}
+ROLLING_MAX_BATCHES=${CHAOS_ROLLING_MAX_BATCHES:-100}
+ROLLING_BATCH_SIZE=${CHAOS_ROLLING_BATCH_SIZE:-7}
 MODEL=${TPSERVE_MODEL_NAME:-tiny-qwen2-synthetic}
 VICTIM=${WORKERS[-1]}
 mapfile -t ALL_NODES < <(hosts_of tpserve)
@@ -202,7 +210,7 @@ scenario_replicas() {
     playbook "${LOGS}/serve-restore.log" serve.yml || true
     return
   fi
-  say "replicas: 4 replicas behind the router after $((SECONDS - t0))s; stopping ${VICTIM}"
+  say "replicas: ${#ALL_NODES[@]} replicas behind the front door (HAProxy) after $((SECONDS - t0))s; stopping ${VICTIM}"
   podman stop -t 5 "$(container_of "${VICTIM}")" >/dev/null
   t0=${SECONDS}
   marked=timeout
@@ -213,14 +221,13 @@ scenario_replicas() {
     fi
     sleep 0.5
   done
-  local victim_url victim_before victim_after
-  victim_url="http://$(addr_of "${VICTIM}"):"
-  victim_before=$(router_requests_of "${victim_url}")
+  local victim_before victim_after
+  victim_before=$(front_door_sessions_of "${VICTIM}")
   rc=0
   "${PY}" tests/load/loadtest.py --url "${API_URL}" --model "${MODEL}" --requests "${REPLICA_REQUESTS}" \
     --concurrency 8 --max-tokens 16 --timeout 120 --json "${LOGS}/replicas-load.json" >"${LOGS}/replicas-load.log" 2>&1 || rc=$?
   failed_after=$("${PY}" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["failed"], d["by_status"])' "${LOGS}/replicas-load.json" 2>/dev/null || echo "? ?")
-  victim_after=$(router_requests_of "${victim_url}")
+  victim_after=$(front_door_sessions_of "${VICTIM}")
   podman start "$(container_of "${VICTIM}")" >/dev/null
   wait_ssh "${VICTIM}" 180 || true
   ok_before=0
@@ -228,10 +235,10 @@ scenario_replicas() {
   local health=down generate=fail world
   wait_health 300 >/dev/null && health=ok
   chat_ok && generate=ok
-  # Back to one TP group over every node: rank 0's /health (not the router's) with world_size = node count.
+  # Back to one TP group over every node: rank 0's /health (not the front door's) with world_size = node count.
   world=$(curl -sS -m 5 "${API_URL}/health" 2>/dev/null |
     "${PY}" -c 'import json,sys; print(json.load(sys.stdin).get("world_size", "?"))' 2>/dev/null || echo "?")
-  local detail="router marked ${VICTIM} down after ${marked}s; then ${REPLICA_REQUESTS} requests: failed ${failed_after}, requests routed to ${VICTIM}'s replica during the load: $((victim_after - victim_before)); tp_across_nodes restored (serve.yml rc ${ok_before}, health ${health}, world_size ${world} of ${#ALL_NODES[@]} nodes, chat completion ${generate})"
+  local detail="front door (HAProxy) marked ${VICTIM} down after ${marked}s; then ${REPLICA_REQUESTS} requests: failed ${failed_after}, sessions sent to ${VICTIM}'s replica during the load: $((victim_after - victim_before)); tp_across_nodes restored (serve.yml rc ${ok_before}, health ${health}, world_size ${world} of ${#ALL_NODES[@]} nodes, chat completion ${generate})"
   if [[ ${marked} != timeout ]] && ((rc == 0 && ok_before == 0 && victim_before >= 0 && victim_after == victim_before)) &&
     [[ ${health} == ok && ${generate} == ok && ${world} == "${#ALL_NODES[@]}" ]]; then
     row replicas PASS "${marked}" "${detail}"
@@ -240,13 +247,69 @@ scenario_replicas() {
   fi
 }
 
-# router_requests_of URL_PREFIX: the router's request counter of the replica whose URL starts with
-# URL_PREFIX (-1 when the router does not answer or has no such replica).
-router_requests_of() {
-  curl -sS -m 5 "${API_URL}/health" 2>/dev/null | "${PY}" -c '
-import json, sys
-hits = [r["requests"] for r in json.load(sys.stdin)["replicas"] if r["url"].startswith(sys.argv[1])]
-print(sum(hits) if hits else -1)' "$1" 2>/dev/null || echo -1
+# front_door_sessions_of HOST: sessions HAProxy sent to HOST's replicas so far (stot of the servers
+# named HOST:<port> in its stats CSV; -1 when the front door does not answer or has none).
+front_door_sessions_of() {
+  curl -sS -m 5 "http://${MASTER_ADDR}:${FRONT_DOOR_STATS_PORT}/stats;csv" 2>/dev/null | awk -F, -v h="$1" '
+    $1 == "replicas" && index($2, h ":") == 1 { n += $8; seen = 1 }
+    END { print seen ? n : -1 }' 2>/dev/null || echo -1
+}
+
+# rolling-restart: replicas layout behind the front door; a serving-variable change
+# (tpserve_max_batch_size=ROLLING_BATCH_SIZE) applied by serve.yml while closed-loop load runs in
+# batches of ROLLING_BATCH requests (at most ROLLING_MAX_BATCHES, until serve.yml ends): every
+# replica restarted one at a time, 0 requests lost (every answer 200).
+scenario_rolling_restart() {
+  local rc=0 t0 replicas=(-e tpserve_layout=replicas -e tpserve_tp_size=1) before after
+  playbook "${LOGS}/serve-rolling-base.log" serve.yml "${replicas[@]}" || rc=$?
+  if ((rc != 0)) || ! wait_health 300 >/dev/null; then
+    row rolling-restart FAIL - "serve.yml replicas layout rc ${rc} (${LOGS}/serve-rolling-base.log)"
+    return
+  fi
+  before=$(replica_starts)
+  rm -f "${LOGS}"/rolling-load-*.json
+  t0=${SECONDS}
+  playbook "${LOGS}/serve-rolling.log" serve.yml "${replicas[@]}" -e "tpserve_max_batch_size=${ROLLING_BATCH_SIZE}" &
+  local serve_pid=$! n=0
+  while kill -0 "${serve_pid}" 2>/dev/null && ((n < ROLLING_MAX_BATCHES)); do
+    n=$((n + 1))
+    "${PY}" tests/load/loadtest.py --url "${API_URL}" --model "${MODEL}" --requests "${ROLLING_BATCH}" \
+      --concurrency 8 --max-tokens 16 --timeout 120 --json "${LOGS}/rolling-load-${n}.json" \
+      >"${LOGS}/rolling-load-${n}.log" 2>&1 || true
+  done
+  wait "${serve_pid}" || rc=$?
+  local took=$((SECONDS - t0)) totals
+  after=$(replica_starts)
+  totals=$("${PY}" -c '
+import glob, json, sys
+from collections import Counter
+runs = [json.load(open(f)) for f in glob.glob(sys.argv[1] + "/rolling-load-*.json")]
+by = Counter()
+for r in runs:
+    by.update(r["by_status"])
+print(sum(r["requests"] for r in runs), sum(r["failed"] for r in runs), dict(by))' "${LOGS}")
+  local sent failed by restarted
+  read -r sent failed by <<<"${totals}"
+  restarted=$("${PY}" -c '
+import sys
+b, a = dict(x.split("=", 1) for x in sys.argv[1].split()), dict(x.split("=", 1) for x in sys.argv[2].split())
+print(sum(1 for k in a if a[k] != b.get(k)), len(a))' "${before}" "${after}")
+  local detail="serve.yml -e tpserve_max_batch_size=${ROLLING_BATCH_SIZE} (replicas) rc ${rc} in ${took}s; replicas restarted (of all): ${restarted}; load during it: ${sent} requests in ${n} batches of ${ROLLING_BATCH} at 8 clients, failed ${failed}, by status ${by}"
+  if ((rc == 0)) && [[ ${failed} == 0 && ${by} != *"-bad"* && ${by} != *"'503'"* && ${by} != *"'429'"* ]] &&
+    [[ ${restarted% *} == "${restarted#* }" ]]; then
+    row rolling-restart PASS "${took}" "${detail}"
+  else
+    row rolling-restart FAIL "${took}" "${detail}"
+  fi
+}
+
+# replica_starts: "host/unit=ActiveEnterTimestamp ..." for every replica unit of every node.
+replica_starts() {
+  local n
+  for n in "${ALL_NODES[@]}"; do
+    node_sh "${n}" "for u in \$(systemctl list-units --plain --no-legend 'tpserve-replica-*' | awk '{print \$1}'); do
+      echo ${n}/\${u}=\$(systemctl show -p ActiveEnterTimestampMonotonic --value \${u}); done"
+  done | tr '\n' ' '
 }
 
 scenario_security() {
@@ -263,11 +326,11 @@ scenario_security() {
 }
 
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down replicas security)
+((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down rolling-restart replicas security)
 say "lab ${INVENTORY}: master ${MASTER}, victim worker ${VICTIM}, API ${API_URL}"
 for s in "${scenarios[@]}"; do
   case ${s} in
-    kill-rank | corrupt-model | master-reboot | worker-down | replicas | security) ;;
+    kill-rank | corrupt-model | master-reboot | worker-down | rolling-restart | replicas | security) ;;
     *) die "unknown scenario ${s}" ;;
   esac
   say "scenario ${s}"

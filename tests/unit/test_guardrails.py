@@ -100,7 +100,7 @@ def test_valid_cluster_passes_and_changes_nothing(tmp_path: Path) -> None:
         ({"dl_stack_fanout": "scp"}, [], "dl_stack_fanout"),
         ({}, ["-e", "tpserve_state=paused"], "tpserve_service_state"),
         ({"tpserve_service_max_batch_size": "many"}, [], "tpserve_service_max_batch_size"),
-        ({"tpserve_router_log_level": "loud"}, [], "tpserve_router_log_level"),
+        ({"tpserve_router_max_body_bytes": "huge"}, [], "tpserve_router_max_body_bytes"),
         ({"smoketest_concurrency": "lots"}, [], "smoketest_concurrency"),
         ({"pdsh_rcmd": "telnet"}, [], "pdsh_rcmd"),
     ],

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end smoke test of a running tpserve API (rank 0, or the replicas router).
+"""End-to-end smoke test of a running tpserve API (rank 0, or the replicas' front door).
 
 Runs on the controller against the master's address; exits 1 with the reasons when
 a check fails. Checks: /health (status, world size, TP size, every rank's share of
@@ -159,6 +159,49 @@ def check_group_health(
         )
 
 
+def check_front_door(
+    client: httpx.Client, report: Report, args: argparse.Namespace, body: dict[str, Any]
+) -> None:
+    """replicas: the front door's own /health counts the replicas passing their checks; every
+    replica's /health (ranks, shards) is read from the replica itself; /metrics is not proxied
+    (each replica is scraped on its own); the front door's Prometheus endpoint answers."""
+    healthy, total = body.get("healthy_replicas"), body.get("total_replicas")
+    report.add(
+        "front_door.replicas",
+        total == args.replicas and healthy == args.replicas,
+        f"{healthy}/{total} healthy, expected {args.replicas}",
+    )
+    report.add(
+        "front_door.replica_urls",
+        len(args.replica_url) == args.replicas,
+        f"{len(args.replica_url)} replica URL(s) given, expected {args.replicas}",
+    )
+    for i, url in enumerate(args.replica_url):
+        try:
+            r = httpx.get(f"{url}/health", timeout=args.timeout)
+        except httpx.HTTPError as exc:
+            report.add(f"replica{i}.healthy", False, f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        rep = _json(r)
+        report.add(f"replica{i}.healthy", r.status_code == 200, f"{url}: HTTP {r.status_code}")
+        tp = args.tp_size
+        check_group_health(report, f"replica{i}", rep, tp, tp, None, args.tolerance)
+    r = client.get("/metrics")
+    report.add(
+        "front_door.metrics_not_proxied",
+        r.status_code == 404,
+        f"/metrics through the front door: HTTP {r.status_code} (each replica is scraped itself)",
+    )
+    if args.front_door_stats_url:
+        try:
+            r = httpx.get(f"{args.front_door_stats_url}/metrics", timeout=args.timeout)
+            ok = r.status_code == 200 and "haproxy_server_status" in r.text
+            detail = f"HTTP {r.status_code}, {r.text.count(chr(10))} lines"
+        except httpx.HTTPError as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        report.add("front_door.prometheus", ok, f"{args.front_door_stats_url}/metrics: {detail}")
+
+
 def check_health(client: httpx.Client, report: Report, args: argparse.Namespace) -> bool:
     t0 = time.perf_counter()
     try:
@@ -175,27 +218,7 @@ def check_health(client: httpx.Client, report: Report, args: argparse.Namespace)
         report.add("health.body", False, json.dumps(body)[:400])
         return False
     if args.layout == "replicas":
-        replicas = body.get("replicas") or []
-        report.add(
-            "router.replicas",
-            len(replicas) == args.replicas and body.get("healthy_replicas") == len(replicas),
-            f"{body.get('healthy_replicas')}/{len(replicas)} healthy, expected {args.replicas}",
-        )
-        for i, rep in enumerate(replicas):
-            report.add(
-                f"replica{i}.healthy",
-                bool(rep.get("healthy")),
-                f"{rep.get('url')}: {rep.get('last_error')}",
-            )
-            check_group_health(
-                report,
-                f"replica{i}",
-                rep.get("health") or {},
-                args.tp_size,
-                args.tp_size,
-                None,
-                args.tolerance,
-            )
+        check_front_door(client, report, args, body)
     else:
         check_group_health(
             report,
@@ -319,6 +342,15 @@ def check_requests(client: httpx.Client, report: Report, args: argparse.Namespac
             f"HTTP {resp.status_code}: {resp.text[:120]!r}",
         )
 
+    if args.layout == "replicas":  # scraped from every replica, not through the front door
+        for i, url in enumerate(args.replica_url):
+            r = httpx.get(f"{url}/metrics", timeout=args.timeout)
+            report.add(
+                f"replica{i}.metrics",
+                r.status_code == 200 and "tpserve_" in r.text,
+                f"{url}/metrics: HTTP {r.status_code}, {len(r.text)} bytes",
+            )
+        return
     r = client.get("/metrics")
     report.add(
         "metrics",
@@ -433,7 +465,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ranks of the group (tp_across_nodes)",
     )
     p.add_argument("--nodes", type=int, default=None, help="distinct hosts the ranks must be on")
-    p.add_argument("--replicas", type=int, default=1, help="replicas behind the router (replicas)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas behind the front door")
+    p.add_argument(
+        "--replica-url",
+        action="append",
+        default=[],
+        help="base URL of one replica (replicas; repeat for each): its /health is checked directly",
+    )
+    p.add_argument(
+        "--front-door-stats-url",
+        default="",
+        help="replicas: base URL of the front door's stats port (its /metrics must answer)",
+    )
     p.add_argument("--tolerance", type=float, default=0.02)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--load-max-tokens", type=int, default=32)
