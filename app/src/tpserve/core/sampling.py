@@ -22,11 +22,12 @@ class SamplingParams:
         return self.temperature <= 0.0 or self.top_k == 1
 
 
-def make_generator(params: SamplingParams) -> torch.Generator | None:
-    """A private RNG per request: a seed gives reproducible samples whatever else is running."""
+def make_generator(params: SamplingParams, device: str | torch.device = "cpu") -> torch.Generator | None:
+    """A private RNG per request, on the device its logits live on: a seed gives reproducible
+    samples whatever else is running."""
     if params.greedy:
         return None
-    gen = torch.Generator(device="cpu")
+    gen = torch.Generator(device=device)
     if params.seed is not None:  # the API bounds it to 64 bits; the modulo keeps any int valid here
         gen.manual_seed(int(params.seed) % 2**64)
     else:
@@ -67,28 +68,71 @@ class Failed:
     reason: str
 
 
+def sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """Sampled (non-greedy) rows of [m, vocab] logits in one batched pass on their device.
+
+    Temperature, top-k and top-p per row as tensors; then the exponential race: argmax(p / E) with
+    E ~ Exp(1) picks token i with probability p_i, and each row draws its E from its own generator
+    (one small kernel per row, seeded requests reproducible), so no row's 600 KB of logits is
+    copied to the host.
+    """
+    dev = logits.device
+    x = logits.float() / torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
+    vocab = x.shape[-1]
+    ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    if max(ks) > 0:
+        top = torch.topk(x, max(ks), dim=-1).values
+        kth = top.gather(1, torch.tensor([max(k, 1) - 1 for k in ks], device=dev)[:, None])
+        on = torch.tensor([k > 0 for k in ks], device=dev)[:, None]
+        x = x.masked_fill(on & (x < kth), float("-inf"))
+    ps = [p.top_p if 0.0 < p.top_p < 1.0 else 1.0 for p in params]
+    if min(ps) < 1.0:
+        ordered, order = torch.sort(x, descending=True, dim=-1)
+        probs = torch.softmax(ordered, dim=-1)
+        remove = torch.cumsum(probs, dim=-1) - probs > torch.tensor(ps, device=dev)[:, None]
+        remove[:, 0] = False  # the smallest prefix whose mass reaches top_p
+        x = torch.empty_like(x).scatter_(1, order, ordered.masked_fill(remove, float("-inf")))
+    probs = torch.softmax(x, dim=-1)
+    race = torch.empty_like(probs)
+    for i, gen in enumerate(generators):
+        race[i].exponential_(generator=gen)
+    picked, ok = torch.stack(
+        ((probs / race).argmax(dim=-1), torch.isfinite(probs).all(dim=-1).long())
+    ).tolist()
+    if not all(ok):  # e.g. logits of 1e38 over a tiny temperature: no distribution to sample from
+        raise ValueError("non-finite probabilities after temperature scaling")
+    return [int(t) for t in picked]
+
+
 def sample_batch(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int | Failed]:
     """Next token of every row of [n, vocab] logits, which may live on the GPU (fastgen).
 
     Every row's argmax and whether all its logits are finite come to the host in one small copy
-    (greedy rows need nothing else). Sampled rows are copied to the CPU one by one (their
-    generators are CPU generators). A row with NaN/inf logits, or whose sampling raises, becomes
-    `Failed` instead of failing the batch.
+    (greedy rows need nothing else). The sampled rows are sampled together on the logits' device
+    (`sample_rows`); if that raises, each is retried alone so that only the row that fails ends. A
+    row with NaN/inf logits, or whose sampling raises, becomes `Failed` instead of failing the batch.
     """
     if not params:
         return []
     argmax, finite = torch.stack((logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).long())).tolist()
-    tokens: list[int | Failed] = []
-    for i, p in enumerate(params):
-        if not finite[i]:
-            tokens.append(Failed("the model produced non-finite logits (NaN/inf) for this sequence"))
-        elif p.greedy:
-            tokens.append(int(argmax[i]))
-        else:
+    bad = Failed("the model produced non-finite logits (NaN/inf) for this sequence")
+    tokens: list[int | Failed] = [int(argmax[i]) if finite[i] else bad for i in range(len(params))]
+    rows = [i for i, p in enumerate(params) if finite[i] and not p.greedy]
+    if not rows:
+        return tokens
+    try:
+        index = torch.tensor(rows, device=logits.device)
+        picked = sample_rows(logits[index], [params[i] for i in rows], [generators[i] for i in rows])
+        for i, token in zip(rows, picked, strict=True):
+            tokens[i] = token
+    except (RuntimeError, ValueError):  # incl. torch.OutOfMemoryError: find the row that fails
+        for i in rows:
             try:
-                tokens.append(sample(logits[i].float().cpu(), p, generators[i]))
-            except (RuntimeError, ValueError) as exc:  # incl. torch.OutOfMemoryError
-                tokens.append(Failed(f"sampling failed ({type(exc).__name__}: {exc})"))
+                tokens[i] = sample_rows(logits[i : i + 1], [params[i]], [generators[i]])[0]
+            except (RuntimeError, ValueError) as exc:
+                tokens[i] = Failed(f"sampling failed ({type(exc).__name__}: {exc})")
     return tokens

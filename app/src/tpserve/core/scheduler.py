@@ -180,7 +180,7 @@ class Scheduler:
             self._finish(req, "cancelled" if req.cancelled.is_set() else "timeout", release=False)
             return
         try:
-            req.generator = make_generator(req.params)
+            req.generator = make_generator(req.params, getattr(self.engine, "device", "cpu"))
             req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
         except Exception as exc:  # a bad value of this request must not stop the engine thread
             log.warning("request %d refused at start: %s: %s", req.uid, type(exc).__name__, exc)
