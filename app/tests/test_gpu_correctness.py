@@ -24,7 +24,8 @@ Tolerances (stated, checked at each of the 16 steps of each sequence):
   0.32, H200, 2026-11-21: DeepSpeed rounds them to fp16, see tpserve.engines.fastgen.rope); the
   test also checks that the engine reports the float32 path.
 
-Run on a GPU host:  pytest app/tests/test_gpu_correctness.py -v
+Run on a GPU host:  pytest app/tests/test_gpu_correctness.py -v   (with 2 GPUs it also runs TP=2 in one node
+and TP=2 across two emulated single-GPU nodes, NCCL over sockets; fastgen decodes through its CUDA graphs)
 """
 
 from __future__ import annotations
@@ -134,8 +135,12 @@ def reference(model_dir: Path) -> dict:
     return out
 
 
-def _run_engine(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path, forced: list) -> dict:
-    result = tmp_path / f"{engine}-tp{tp}.pt"
+def _run_engine(
+    model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path, forced: list, across: bool = False
+) -> dict:
+    """Under the DeepSpeed launcher (one node), or `across`: one plain process per GPU, each seeing only
+    its GPU as local rank 0 with NCCL over sockets only, as two single-GPU nodes would run."""
+    result = tmp_path / f"{engine}-tp{tp}{'-across' if across else ''}.pt"
     forced_path = tmp_path / "forced.json"
     forced_path.write_text(json.dumps(forced))
     env = dict(os.environ)
@@ -143,24 +148,40 @@ def _run_engine(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Pat
     env.setdefault("NCCL_NVLS_ENABLE", "0")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(tp),
-        "--master_port", str(_free_port()), __file__, str(model_dir), engine, dtype, str(forced_path),
-        str(result),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, f"{engine} tp={tp} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return torch.load(result, weights_only=False)  # our own file: tensors and plain dicts
+    rank_args = [__file__, str(model_dir), engine, dtype, str(forced_path), str(result)]
+    if not across:
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(tp),
+               "--master_port", str(_free_port()), *rank_args]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+        assert proc.returncode == 0, f"{engine} tp={tp} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        return torch.load(result, weights_only=False)  # our own file: tensors and plain dicts
+    port, procs = _free_port(), []
+    for rank in range(tp):
+        node = env | {"CUDA_VISIBLE_DEVICES": str(rank), "RANK": str(rank), "WORLD_SIZE": str(tp),
+                      "LOCAL_RANK": "0", "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                      "MASTER_PORT": str(port),
+                      "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_IB_DISABLE": "1",
+                      "NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo"}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, *rank_args], env=node, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), f"{engine} across nodes failed:\n" + "\n".join(
+        o[-3000:] for o in outs
+    )
+    return torch.load(result, weights_only=False)
 
 
-_RUNS: dict[tuple[str, int], dict] = {}
+_RUNS: dict[tuple[str, int, bool], dict] = {}
 
 
-def _engine_result(model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path, ref: dict) -> dict:
-    """One subprocess run per (engine, tp) for all tests of this module."""
-    if (engine, tp) not in _RUNS:
-        _RUNS[(engine, tp)] = _run_engine(model_dir, engine, tp, dtype, tmp_path, ref["tokens"])
-    return _RUNS[(engine, tp)]
+def _engine_result(
+    model_dir: Path, engine: str, tp: int, dtype: str, tmp_path: Path, ref: dict, across: bool = False
+) -> dict:
+    """One subprocess run per (engine, tp, across) for all tests of this module."""
+    key = (engine, tp, across)
+    if key not in _RUNS:
+        _RUNS[key] = _run_engine(model_dir, engine, tp, dtype, tmp_path, ref["tokens"], across)
+    return _RUNS[key]
 
 
 def _rel_limit(engine: str, fp16_worst: float) -> float:
@@ -234,7 +255,16 @@ def test_autotp_matches_transformers(model_dir: Path, reference: dict, tp: int, 
     _compare(got, reference, "autotp", f"autotp tp={tp}", seqs=(0, 1, 2))
 
 
-# -- the rank process (run by the DeepSpeed launcher, one per GPU) ----------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs: one per emulated node")
+def test_fastgen_across_nodes_matches_transformers(model_dir: Path, reference: dict, tmp_path: Path) -> None:
+    """TP=2 across two emulated single-GPU nodes (NCCL over sockets), same tolerances, all 3 prompts."""
+    got = _engine_result(model_dir, "fastgen", 2, "auto", tmp_path, reference, across=True)
+    assert got["describe"]["tp_size"] == 2
+    _compare(got, reference, "fastgen", "fastgen tp=2 across two emulated nodes", seqs=(0, 1, 2))
+
+
+# -- the rank process (run by the DeepSpeed launcher, one per GPU; or one per emulated node) ----
 def _rank_main(model_dir: str, engine_name: str, dtype: str, forced_path: str, result: str) -> None:
     import deepspeed
 
@@ -245,7 +275,8 @@ def _rank_main(model_dir: str, engine_name: str, dtype: str, forced_path: str, r
     local_rank = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local_rank)
     deepspeed.init_distributed("nccl")
-    info = DistInfo(rank=rank, world_size=world, local_rank=local_rank, local_size=world)
+    local_size = int(os.environ.get("LOCAL_SIZE", world))  # 1 per emulated node
+    info = DistInfo(rank=rank, world_size=world, local_rank=local_rank, local_size=local_size)
     engine = create(
         engine_name,
         EngineOptions(
