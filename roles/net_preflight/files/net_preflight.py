@@ -159,40 +159,50 @@ def main() -> None:
         pair.update(latency_ms=round(statistics.median(times) * 1e3, 3), **bw)
 
     def run_pair(index: int, pair: dict, rank_in_pair: int) -> None:
-        who = f"{'master' if rank_in_pair == 0 else args.node}<->{pair['worker']}"
+        who = f"{args.node}<->{pair['worker']}" if rank_in_pair == 0 else f"{args.node}<->master"
         try:
             pair["stage"] = f"connecting {who}"
             group = make_group(index, rank_in_pair)
-            pair["stage"] = f"measuring {who}"
+            pair["stage"] = f"connected {who}"
             groups[index] = group
         except Exception as exc:  # noqa: BLE001 - reported, whatever torch raises
             pair.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
 
+    def connect(todo: list[tuple[int, dict]], rank_in_pair: int) -> None:
+        """Connect pairs at once; one still connecting after --timeout (a dropped SYN makes TCP
+        retry for minutes) is a failed pair, the others go on."""
+        if args.backend == "nccl":  # NCCL: one communicator after the other; the watchdog bounds it
+            for index, pair in todo:
+                run_pair(index, pair, rank_in_pair)
+            return
+        threads = []
+        for index, pair in todo:
+            th = threading.Thread(target=run_pair, args=(index, pair, rank_in_pair), daemon=True)
+            th.start()
+            threads.append((th, pair))
+        until = time.monotonic() + args.timeout + 2
+        for th, pair in threads:
+            th.join(max(until - time.monotonic(), 0.0))
+            if th.is_alive():
+                pair.update(ok=False, error=f"no connection within {args.timeout:.0f} s")
+
     groups: dict[int, object] = {}
     RESULT["stage"] = "connecting the pairs"
     if args.rank == 0:
-        # connect every pair at once (a blocked one costs --timeout, not N x --timeout); NCCL one by one
-        threads = []
-        for index, pair in enumerate(RESULT["pairs"], start=1):
-            if args.backend == "nccl":
-                run_pair(index, pair, 0)
-                continue
-            th = threading.Thread(target=run_pair, args=(index, pair, 0), daemon=True)
-            th.start()
-            threads.append(th)
-        for th in threads:
-            th.join()
+        connect(list(enumerate(RESULT["pairs"], start=1)), 0)
         # measured one after the other: a pair's numbers are not shared with the others'
         RESULT["stage"] = "measuring"
         for index, pair in enumerate(RESULT["pairs"], start=1):
-            if index in groups:
+            measuring = index in groups and pair["ok"] is None
+            store.set(f"go{index}", "1" if measuring else "0")  # "0": the worker stops waiting
+            if measuring:
                 try:
-                    store.set(f"go{index}", "1")
                     measure(groups[index], pair)
                     pair.update(ok=True, stage="done")
                 except Exception as exc:  # noqa: BLE001
                     pair.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            store.set(f"done{index}", "1" if pair["ok"] else "0")
+            if index in groups:
+                store.set(f"done{index}", "1" if pair["ok"] else "0")
         # workers wait for their pair's verdict before leaving; the master's store must outlive them
         RESULT["stage"] = "waiting for the workers to finish"
         for index, pair in enumerate(RESULT["pairs"], start=1):
@@ -200,13 +210,15 @@ def main() -> None:
                 store.wait([f"left{index}"], timeout)
     else:
         pair = RESULT["pairs"][0]
-        run_pair(args.rank, pair, 1)
-        if args.rank in groups:
+        connect([(args.rank, pair)], 1)
+        if args.rank in groups and pair["ok"] is None:
             try:
                 # the master measures one pair after the other: wait for this one's turn
                 pair["stage"] = "waiting for the master to measure this pair"
                 rest = datetime.timedelta(seconds=max(args.deadline - (time.monotonic() - T0), 1.0))
                 store.wait([f"go{args.rank}"], rest)
+                if store.get(f"go{args.rank}") != b"1":
+                    raise RuntimeError("the master could not connect this pair")
                 pair["stage"] = f"measuring {args.node}<->master"
                 measure(groups[args.rank], pair)
                 pair["stage"] = "waiting for the master's verdict"
