@@ -62,7 +62,12 @@ def test_unsupported_nodes_are_refused_with_the_reason(facts: dict, words: str) 
 
 @pytest.mark.parametrize(
     ("accel", "engine", "prebuild"),
-    [("cuda", "autotp", "False"), ("cuda", "fastgen", "True"), ("cuda", "auto", "True"), ("cpu", "auto", "False")],
+    [
+        ("cuda", "autotp", "False"),
+        ("cuda", "fastgen", "True"),
+        ("cuda", "auto", "True"),
+        ("cpu", "auto", "False"),
+    ],
 )
 def test_fastgen_ops_and_nvcc_only_where_fastgen_may_run(
     tmp_path: Path, accel: str, engine: str, prebuild: str
@@ -94,11 +99,16 @@ def test_derived_repository_on_this_machine(tmp_path: Path) -> None:
         "---\n- hosts: te1\n  gather_facts: true\n  tasks:\n"
         "    - ansible.builtin.include_role: {name: dl_stack, tasks_from: argspec, public: true}\n"
         "    - ansible.builtin.debug:\n"
-        "        msg: 'SHOW {{ dl_stack_cuda_apt_repo_effective }} {{ dl_stack_cuda_apt_key_effective }}'\n"
+        "        msg: 'SHOW {{ dl_stack_cuda_apt_repo_effective }}"
+        " {{ dl_stack_cuda_apt_key_effective }}'\n"
     )
     inv = write_inventory(
         tmp_path / "inv",
-        {"tpserve_accelerator": "cuda", "tpserve_engine": "fastgen", "dl_stack_cuda_install_toolkit": True},
+        {
+            "tpserve_accelerator": "cuda",
+            "tpserve_engine": "fastgen",
+            "dl_stack_cuda_install_toolkit": True,
+        },
         nodes=1,
     )
     run = run_playbook(tmp_path, inv, str(play))

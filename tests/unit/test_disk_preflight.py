@@ -35,7 +35,9 @@ def test_room_enough_passes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("check", [True, False])
-def test_a_model_that_does_not_fit_is_refused_naming_path_and_bytes(tmp_path: Path, check: bool) -> None:
+def test_a_model_that_does_not_fit_is_refused_naming_path_and_bytes(
+    tmp_path: Path, check: bool
+) -> None:
     huge = 10**18  # 1 EB
     base, run = _run(tmp_path, {"tpserve_model_disk_bytes": huge}, check=check)
     out = re.sub(r"\s+", " ", run.out)

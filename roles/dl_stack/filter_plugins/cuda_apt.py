@@ -1,8 +1,9 @@
 """NVIDIA's CUDA apt repository for a node, derived from its facts (dl_stack's toolkit install).
 
 NVIDIA publishes one flat repository per distribution release and architecture:
-<base>/ubuntu2204/x86_64/, <base>/ubuntu2404/x86_64/, <base>/debian12/x86_64/, ... (arm64 servers:
-sbsa). The base URL (NVIDIA's or a mirror) is tpserve_cuda_apt_repos in group_vars/all/cuda_stack.yml.
+<base>/ubuntu2204/x86_64/, <base>/ubuntu2404/x86_64/, <base>/debian12/x86_64/, ... (arm64
+servers: sbsa). The base URL (NVIDIA's or a mirror) is tpserve_cuda_apt_repos in
+group_vars/all/cuda_stack.yml.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from ansible.errors import AnsibleFilterError
 # ansible_facts.architecture -> NVIDIA's directory name
 ARCHES = {"x86_64": "x86_64", "aarch64": "sbsa"}
 # ansible_facts.distribution -> (NVIDIA's prefix, which version fact names the release)
-DISTROS = {"Ubuntu": ("ubuntu", "distribution_version"), "Debian": ("debian", "distribution_major_version")}
+DISTROS = {
+    "Ubuntu": ("ubuntu", "distribution_version"),
+    "Debian": ("debian", "distribution_major_version"),
+}
 
 
 def cuda_apt_distro(facts: dict) -> str:
@@ -27,7 +31,9 @@ def cuda_apt_distro(facts: dict) -> str:
     prefix, fact = DISTROS[dist]
     version = str(facts.get(fact, "")).replace(".", "")
     if not version.isdigit():
-        raise AnsibleFilterError(f"{dist}: cannot read the release from ansible_facts.{fact} ('{version}')")
+        raise AnsibleFilterError(
+            f"{dist}: cannot read the release from ansible_facts.{fact} ('{version}')"
+        )
     return f"{prefix}{version}"
 
 
@@ -40,5 +46,5 @@ def cuda_apt_repo_url(facts: dict, base: str) -> str:
 
 
 class FilterModule:
-    def filters(self):
+    def filters(self) -> dict:
         return {"cuda_apt_distro": cuda_apt_distro, "cuda_apt_repo_url": cuda_apt_repo_url}

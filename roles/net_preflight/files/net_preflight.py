@@ -53,8 +53,12 @@ def watchdog(deadline: float) -> None:
     for pair in RESULT["pairs"]:
         if pair.get("ok") is None:
             pair["ok"] = False
-            pair["error"] = pair.get("error") or f"no answer within {deadline:.0f} s ({pair['stage']})"
-    RESULT["error"] = RESULT["error"] or f"no answer within {deadline:.0f} s (stage: {RESULT['stage']})"
+            pair["error"] = (
+                pair.get("error") or f"no answer within {deadline:.0f} s ({pair['stage']})"
+            )
+    RESULT["error"] = (
+        RESULT["error"] or f"no answer within {deadline:.0f} s (stage: {RESULT['stage']})"
+    )
     emit(1)
 
 
@@ -79,7 +83,9 @@ def main() -> None:
             RESULT["port_range"] = "-".join(handle.read().split())
     except OSError:
         RESULT["port_range"] = "unknown"
-    RESULT.update(node=args.node, role="master" if args.rank == 0 else "worker", backend=args.backend)
+    RESULT.update(
+        node=args.node, role="master" if args.rank == 0 else "worker", backend=args.backend
+    )
     if not 0 <= args.rank <= len(workers):
         RESULT["error"] = f"--rank {args.rank} outside 0..{len(workers)}"
         emit(2)
@@ -112,13 +118,15 @@ def main() -> None:
             timeout=timeout,
             wait_for_workers=False,
         )
-    except Exception as exc:  # noqa: BLE001 - reported, whatever torch raises
-        RESULT["error"] = f"{RESULT['stage']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    except Exception as exc:
+        RESULT["error"] = (
+            f"{RESULT['stage']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        )
         for pair in RESULT["pairs"]:
             pair.update(ok=False, stage=RESULT["stage"], error=RESULT["error"])
         emit(1)
 
-    def make_group(index: int, rank_in_pair: int):
+    def make_group(index: int, rank_in_pair: int) -> object:
         prefix = dist.PrefixStore(f"pair{index}/", store)
         if args.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
@@ -133,7 +141,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
         return group
 
-    def measure(group, pair: dict) -> None:
+    def measure(group: object, pair: dict) -> None:
         small = torch.ones(1, device=device)
         times = []
         for _ in range(max(args.iters, 1)):
@@ -165,7 +173,7 @@ def main() -> None:
             group = make_group(index, rank_in_pair)
             pair["stage"] = f"connected {who}"
             groups[index] = group
-        except Exception as exc:  # noqa: BLE001 - reported, whatever torch raises
+        except Exception as exc:
             pair.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
 
     def connect(todo: list[tuple[int, dict]], rank_in_pair: int) -> None:
@@ -199,8 +207,10 @@ def main() -> None:
                 try:
                     measure(groups[index], pair)
                     pair.update(ok=True, stage="done")
-                except Exception as exc:  # noqa: BLE001
-                    pair.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                except Exception as exc:
+                    pair.update(
+                        ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                    )
             if index in groups:
                 store.set(f"done{index}", "1" if pair["ok"] else "0")
         # workers wait for their pair's verdict before leaving; the master's store must outlive them
@@ -224,8 +234,10 @@ def main() -> None:
                 pair["stage"] = "waiting for the master's verdict"
                 pair.update(ok=store.get(f"done{args.rank}") == b"1", stage="done")
                 store.set(f"left{args.rank}", "1")
-            except Exception as exc:  # noqa: BLE001
-                pair.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            except Exception as exc:
+                pair.update(
+                    ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                )
     RESULT["stage"] = "done"
     RESULT["ok"] = all(p["ok"] for p in RESULT["pairs"])
     RESULT["host"] = socket.gethostname()
