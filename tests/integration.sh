@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end on the local lab:
 #   lab up -> site.yml -> serve.yml (tp_across_nodes) twice (changed=0) -> smoketest.yml
+#   -> the network preflight with the last worker's gloo ports blocked (nft in its netns): serve.yml
+#      fails within 30 s naming master <-> that worker, nothing changed, the service still active
 #   -> node rebuild: the last worker's container is destroyed and recreated by lab.sh (new host
 #      keys) -> site.yml --limit <it> (the others' /etc/hosts unchanged, the master's known_hosts
 #      holds its new ed25519 key, pdsh from the master as the service user reaches every node
@@ -85,10 +87,10 @@ smoke() {
   say "smoke report (${name}): ${report%.json}-${name}.json"
 }
 
-# restarts HOST: NRestarts of HOST's tpserve.service.
+# restarts HOST: NRestarts of HOST's tpserve.core.service.
 restarts() {
   ansible -i "${INVENTORY}" "$1" -m ansible.builtin.command \
-    -a 'systemctl show tpserve.service -p NRestarts --value' | tail -n 1
+    -a 'systemctl show tpserve.core.service -p NRestarts --value' | tail -n 1
 }
 
 # node_sh HOST CMD: CMD as root on a lab node (ssh with the lab's key and known_hosts, host key
@@ -202,6 +204,63 @@ ${want}"
   say "rebuild: ${victim} destroyed, recreated and provisioned in $((SECONDS - t0))s (site.yml --limit ${t_limit}s)"
 }
 
+# netblock NODE add|delete: in NODE's network namespace (host's nft through nsenter; the lab image
+# has no firewall tools), drop NEW TCP connections between NODE and the other lab nodes, both
+# ways, except to 22, 8000, 29400 (the network preflight's rendezvous) and 29500 (the service's):
+# a security group that opens only the well-known ports. Established connections are untouched.
+netblock() {
+  local node=$1 action=$2 pid peers
+  pid=$(podman container inspect --format '{{.State.Pid}}' "${node}") || die "netblock: no container ${node}"
+  if [[ ${action} == delete ]]; then
+    nsenter -t "${pid}" -n nft delete table inet tpserve_netblock 2>/dev/null || true
+    return 0
+  fi
+  peers=$(for n in "${nodes[@]}"; do [[ ${n} == "${node}" ]] || printf '%s, ' "${addr[${n}]}"; done)
+  nsenter -t "${pid}" -n nft -f - <<EOF || die "netblock: nft on ${node}"
+table inet tpserve_netblock {
+  chain in {
+    type filter hook input priority 0; policy accept;
+    ip saddr { ${peers%, } } tcp flags & (syn | ack) == syn tcp dport != { 22, 8000, 29400, 29500 } drop
+  }
+  chain out {
+    type filter hook output priority 0; policy accept;
+    ip daddr { ${peers%, } } tcp flags & (syn | ack) == syn tcp dport != { 22, 8000, 29400, 29500 } drop
+  }
+}
+EOF
+}
+
+# blocked_port_case NODE: with NODE's gloo ports blocked, serve.yml must stop in the network
+# preflight within 30 s naming the pair master <-> NODE (and no other), change nothing, and leave
+# the running service alone; then the block is lifted.
+blocked_port_case() {
+  local victim=$1 master=${nodes[0]} t0 took log=${LOG_DIR}/serve-netblock.log flat n rc=0
+  say "network preflight: block ${victim}'s ports except 22/8000/29400/29500, serve.yml must fail naming ${master} <-> ${victim}"
+  netblock "${victim}" add
+  t0=${SECONDS}
+  playbook serve-netblock serve.yml || rc=$?
+  took=$((SECONDS - t0))
+  netblock "${victim}" delete
+  ((rc != 0)) || die "serve.yml passed with ${victim}'s ports blocked"
+  flat=$(tr -s ' \n' ' ' <"${log}")
+  [[ ${flat} == *"failed for 1 node pair(s)"* && ${flat} == *"${master} (${addr[${master}]}) <-> ${victim} (${addr[${victim}]})"* ]] ||
+    die "serve.yml with ${victim} blocked did not name the pair ${master} <-> ${victim} (see ${log})"
+  for n in "${nodes[@]:1}"; do
+    [[ ${n} == "${victim}" || ${flat} != *"<-> ${n} ("* ]] || die "the preflight named ${n}, whose ports were open"
+  done
+  [[ ${flat} == *"ip_local_port_range"* ]] || die "the failure does not say which ports to open"
+  # the preflight's own time (the master's check, torch import included) and serve.yml's whole run
+  n=$(grep -o 'network preflight (gloo[^)]*) took [0-9.]* s' "${log}" | grep -o '[0-9.]* s$' | tr -d ' s')
+  if [[ -z ${n} ]] || ! awk -v t="${n}" 'BEGIN { exit !(t < 30) }'; then
+    die "the network preflight took '${n}' s with ${victim} blocked (must fail within 30 s)"
+  fi
+  awk '/^PLAY RECAP/ { r = 1; next } r && /: ok=/ && !/ changed=0 / { bad = 1 } END { exit bad }' "${log}" ||
+    die "serve.yml with ${victim} blocked changed something"
+  [[ $(node_sh "${master}" systemctl is-active tpserve.core.service) == active ]] ||
+    die "the running service did not survive the failed serve.yml"
+  say "network preflight: failed in ${n} s (serve.yml ${took}s in all), naming ${master} <-> ${victim}; nothing changed, service still active"
+}
+
 if have site.yml; then playbook site-1 site.yml || die "site.yml (first run)"; fi
 
 if have serve.yml && have smoketest.yml; then
@@ -210,7 +269,9 @@ if have serve.yml && have smoketest.yml; then
   playbook serve serve.yml || die "serve.yml (tp_across_nodes)"
   playbook serve-2 serve.yml || die "serve.yml (tp_across_nodes, second run)"
   recap_check "${LOG_DIR}/serve-2.log" "serve.yml second run (idempotence)"
+  say "network preflight (healthy): $(grep -o '[a-z0-9-]* <-> [a-z0-9-]*: latency [0-9.]* ms' "${LOG_DIR}/serve-2.log" | tr '\n' ';')"
   smoke tp_across_nodes
+  blocked_port_case "${nodes[-1]}"
 fi
 
 if have site.yml; then

@@ -29,6 +29,10 @@ LAB_CACHE=${LAB_CACHE:-/var/cache/tpserve-lab}
 LAB_MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 LAB_SECURITY_MIRROR=${LAB_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-180}
+# Empty = Ansible logs in as root. A name = the nodes refuse root SSH (PermitRootLogin no) and give
+# this user the lab key and passwordless sudo; hosts.yml says ansible_user=<it>, ansible_become=true
+# (like an Ubuntu cloud image's default user).
+LAB_SSH_USER=${LAB_SSH_USER:-}
 
 readonly IMAGE=localhost/tpserve-labnode:bookworm
 readonly RECIPE=${LAB_DIR}/node-image.sh
@@ -56,6 +60,8 @@ validate() {
   [[ ${LAB_NETWORK} =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$ ]] ||
     die "LAB_NETWORK must be a plain name such as tpserve-lab (got '${LAB_NETWORK}')"
   [[ ${LAB_BOOT_TIMEOUT} =~ ^[0-9]+$ ]] || die "LAB_BOOT_TIMEOUT must be seconds (got '${LAB_BOOT_TIMEOUT}')"
+  [[ -z ${LAB_SSH_USER} || (${LAB_SSH_USER} =~ ^[a-z_][a-z0-9_-]{0,30}$ && ${LAB_SSH_USER} != root) ]] ||
+    die "LAB_SSH_USER must be empty (root) or a user name other than root (got '${LAB_SSH_USER}')"
   [[ ${LAB_INVENTORY} == /* ]] || LAB_INVENTORY=${REPO_ROOT}/${LAB_INVENTORY}
   NET_BASE=${LAB_SUBNET%.0/24}
   SSH_DIR=${LAB_INVENTORY}/.ssh
@@ -248,10 +254,47 @@ start_node() {
     "${IMAGE}" >/dev/null
 }
 
+# ssh_ok IP [USER]: sshd answers USER (default root) with the lab key, host key checking on. A
+# reused node of a LAB_SSH_USER lab refuses root: its user counts then.
 ssh_ok() {
-  ssh -q -i "${KEY}" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=3 \
-    -o UserKnownHostsFile="${KNOWN_HOSTS}" -o StrictHostKeyChecking=yes \
-    "root@$1" true </dev/null 2>/dev/null
+  local user
+  for user in ${2:-root ${LAB_SSH_USER}}; do
+    ssh -q -i "${KEY}" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=3 \
+      -o UserKnownHostsFile="${KNOWN_HOSTS}" -o StrictHostKeyChecking=yes \
+      "${user}@$1" true </dev/null 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# LAB_SSH_USER: each node gets the user (the lab key, NOPASSWD sudo) and refuses root SSH; then
+# the user must log in and sudo, and root must be refused. Idempotent (reused nodes).
+make_nonroot() {
+  local i name ip
+  for ((i = 1; i <= LAB_NODES; i++)); do
+    name=$(node_name "${i}")
+    ip=$(node_ip "${i}")
+    podman exec "${name}" /bin/sh -ec "
+      u='${LAB_SSH_USER}'
+      id \"\$u\" >/dev/null 2>&1 || useradd -m -s /bin/bash \"\$u\"
+      home=\$(getent passwd \"\$u\" | cut -d: -f6)
+      install -d -o \"\$u\" -g \"\$u\" -m 700 \"\$home/.ssh\"
+      install -o \"\$u\" -g \"\$u\" -m 600 /root/.ssh/authorized_keys \"\$home/.ssh/authorized_keys\"
+      printf '%s ALL=(ALL) NOPASSWD:ALL\\n' \"\$u\" >/etc/sudoers.d/lab-ssh-user
+      chmod 0440 /etc/sudoers.d/lab-ssh-user
+      if [ \"\$(cat /etc/ssh/sshd_config.d/10-lab-noroot.conf 2>/dev/null)\" != 'PermitRootLogin no' ]; then
+        echo 'PermitRootLogin no' >/etc/ssh/sshd_config.d/10-lab-noroot.conf
+        systemctl restart ssh
+      fi" || fail_up "${name}: could not set up the SSH user ${LAB_SSH_USER}"
+    local n=0
+    until ssh -q -i "${KEY}" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=3 \
+      -o UserKnownHostsFile="${KNOWN_HOSTS}" -o StrictHostKeyChecking=yes \
+      "${LAB_SSH_USER}@${ip}" sudo -n true </dev/null 2>/dev/null; do
+      ((++n < 20)) || fail_up "${name}: ${LAB_SSH_USER}@${ip} cannot log in and sudo"
+      sleep 0.5
+    done
+    ! ssh_ok "${ip}" root || fail_up "${name}: root SSH still accepted"
+  done
+  log "nodes refuse root SSH; ${LAB_SSH_USER} logs in with the lab key and has passwordless sudo"
 }
 
 # known_hosts from each node's own host keys, read through podman (not trusted on first use).
@@ -330,6 +373,12 @@ fail_up() {
   exit 1
 }
 
+# Host vars of a LAB_SSH_USER lab (host vars beat the lab's group_vars, which say root).
+login_vars() {
+  [[ -n ${LAB_SSH_USER} ]] || return 0
+  printf '              ansible_user: %s\n              ansible_become: true\n' "${LAB_SSH_USER}"
+}
+
 write_inventory() {
   local i name tmp
   tmp=$(mktemp "${LAB_INVENTORY}/hosts.yml.XXXXXX")
@@ -339,10 +388,12 @@ write_inventory() {
     printf 'all:\n  children:\n    tpserve:\n      children:\n'
     printf '        tpserve_master:\n          hosts:\n'
     printf '            %s:\n              ansible_host: %s\n' "$(node_name 1)" "$(node_ip 1)"
+    login_vars
     printf '        tpserve_workers:\n          hosts:\n'
     for ((i = 2; i <= LAB_NODES; i++)); do
       name=$(node_name "${i}")
       printf '            %s:\n              ansible_host: %s\n' "${name}" "$(node_ip "${i}")"
+      login_vars
     done
   } >"${tmp}"
   chmod 0644 "${tmp}"
@@ -413,6 +464,7 @@ do_up() {
   done
   log "nodes: ${started} started, ${reused} reused"
   wait_for_nodes
+  [[ -z ${LAB_SSH_USER} ]] || make_nonroot
   write_inventory
   link_group_vars
   log "lab ${LAB_NETWORK} is up in $((SECONDS - t0))s: inventory ${LAB_INVENTORY}"
