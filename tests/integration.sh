@@ -87,10 +87,10 @@ smoke() {
   say "smoke report (${name}): ${report%.json}-${name}.json"
 }
 
-# restarts HOST: NRestarts of HOST's tpserve.core.service.
+# restarts HOST: NRestarts of HOST's tpserve.service.
 restarts() {
   ansible -i "${INVENTORY}" "$1" -m ansible.builtin.command \
-    -a 'systemctl show tpserve.core.service -p NRestarts --value' | tail -n 1
+    -a 'systemctl show tpserve.service -p NRestarts --value' | tail -n 1
 }
 
 # node_sh HOST CMD: CMD as root on a lab node (ssh with the lab's key and known_hosts, host key
@@ -256,7 +256,7 @@ blocked_port_case() {
   fi
   awk '/^PLAY RECAP/ { r = 1; next } r && /: ok=/ && !/ changed=0 / { bad = 1 } END { exit bad }' "${log}" ||
     die "serve.yml with ${victim} blocked changed something"
-  [[ $(node_sh "${master}" systemctl is-active tpserve.core.service) == active ]] ||
+  [[ $(node_sh "${master}" systemctl is-active tpserve.service) == active ]] ||
     die "the running service did not survive the failed serve.yml"
   say "network preflight: failed in ${n} s (serve.yml ${took}s in all), naming ${master} <-> ${victim}; nothing changed, service still active"
 }
