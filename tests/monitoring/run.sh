@@ -69,8 +69,9 @@ recap_ok "${OUT}/serve-2.log" || die "serve.yml with monitoring, second run: not
 say "serve.yml with monitoring: ${t_first}s; again ${t_second}s with changed=0 on every host"
 
 say "3. listening on the cluster address only"
-prom_port=$(setting monitoring_prometheus_port)
-ne_port=$(setting monitoring_node_exporter_port)
+# The role's default ports (role defaults are not visible to an ad-hoc `ansible`).
+prom_port=${MONITORING_PROMETHEUS_PORT:-9090}
+ne_port=${MONITORING_NODE_EXPORTER_PORT:-9100}
 layout=$(setting tpserve_layout)
 accel=$(setting tpserve_accelerator)
 [[ -n ${prom_port} && -n ${ne_port} && -n ${layout} && -n ${accel} ]] || die "could not resolve the settings"
