@@ -9,7 +9,7 @@ Each panel's every target (`expr`) is sent to Prometheus' /api/v1/query with Gra
 Prometheus could not evaluate it). A query passes when Prometheus answers `success` with at least
 one series whose value is not NaN. Panels marked "(GPU only)" in their title are skipped with that
 reason on a CPU cluster (their series are absent there, not zero), "(replicas layout)" ones with
-layout tp_across_nodes.
+layout tp_across_nodes; a skipped query is still sent once and Prometheus must accept it.
 Queries that return nothing yet are retried until --wait seconds have passed (a rate needs two
 scrapes).
 Exit 0 when every checked query returned data, 1 otherwise; a table is printed either way.
@@ -88,13 +88,13 @@ def plan(dashboard: dict, accelerator: str, layout: str, rate_interval: str) -> 
         reason = skip_reason(title, accelerator, layout)
         for t in targets:
             c = Check(title, t.get("refId", "?"), t["expr"])
-            if reason:
-                c.status, c.reason = "skipped", reason
+            try:
+                c.query = to_promql(t["expr"], rate_interval)
+            except ValueError as exc:
+                c.status, c.reason = "error", str(exc)
             else:
-                try:
-                    c.query = to_promql(t["expr"], rate_interval)
-                except ValueError as exc:
-                    c.status, c.reason = "error", str(exc)
+                if reason:
+                    c.status, c.reason = "skipped", reason
             checks.append(c)
     return checks
 
@@ -148,11 +148,20 @@ def run(
 ) -> list[Check]:
     """Query every pending check; retry those without data until `wait` seconds have passed."""
     deadline = clock() + wait
+    # A skipped query is still sent once: Prometheus must accept it (it may return nothing).
+    for c in checks:
+        if c.status == "skipped" and c.query:
+            answer = query(c.query)
+            if answer.get("status") != "success":
+                c.status = "error"
+                c.reason = f"{answer.get('errorType', '?')}: {answer.get('error', answer)}"
+            else:
+                c.reason += " (query accepted by Prometheus)"
     while True:
         for c in checks:
             if c.status in ("pending", "no data") or (c.status == "error" and c.query):
                 judge(c, query(c.query))
-        todo = [c for c in checks if c.query and c.status != "ok"]
+        todo = [c for c in checks if c.query and c.status not in ("ok", "skipped")]
         if not todo or clock() >= deadline:
             return checks
         sleep(delay)

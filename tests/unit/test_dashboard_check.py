@@ -53,6 +53,7 @@ def test_plan_skips_gpu_panels_on_cpu_and_front_door_panels_without_replicas() -
     by = {(c.panel, c.ref): c for c in checks}
     assert by[("Requests/s", "A")].query == "rate(a[1m])"
     assert by[("KV cache (GPU only)", "A")].status == "skipped"
+    assert by[("KV cache (GPU only)", "A")].query == "kv"  # still sent once, must parse
     assert "GPU only" in by[("KV cache (GPU only)", "A")].reason
     assert [by[("Front door (replicas layout)", r)].status for r in "AB"] == ["skipped", "skipped"]
     assert by[("nested", "A")].query == "n"
@@ -97,11 +98,27 @@ def test_run_retries_until_data_or_deadline() -> None:
     assert [c.status for c in checks] == ["ok", "ok"]
     assert calls.count("x") == 1 and calls.count("late") == 3
 
-    checks = [dc.Check("c", "A", "never", query="never"), dc.Check("d", "A", "", status="skipped")]
+    checks = [
+        dc.Check("c", "A", "never", query="never"),
+        dc.Check("d", "A", "x", query="x", status="skipped"),
+    ]
     dc.run(checks, query, wait=12, delay=5, clock=lambda: now[0], sleep=sleep)
     assert checks[0].status == "no data"
+    assert checks[1].status == "skipped" and "accepted by Prometheus" in checks[1].reason
     s = dc.summary(checks)
     assert s == {"ok": False, "by_status": {"no data": 1, "skipped": 1}}
+
+
+def test_a_skipped_query_must_still_parse() -> None:
+    def query(q: str) -> dict:
+        return {"status": "error", "errorType": "bad_data", "error": "1:5: parse error"}
+
+    checks = [
+        dc.Check("gpu (GPU only)", "A", "sum(", query="sum(", status="skipped", reason="GPU only")
+    ]
+    dc.run(checks, query, wait=0, delay=1, clock=lambda: 0.0, sleep=lambda s: None)
+    assert checks[0].status == "error" and "parse error" in checks[0].reason
+    assert dc.summary(checks)["ok"] is False
 
 
 # --- the dashboard in the repository ---
