@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := python3 python3-venv podman runc debootstrap zstd openssh-client pdsh rsync shellcheck
 VENV_INPUTS := requirements/controller.txt app/requirements.lock $(wildcard app/pyproject.toml)
 
-.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration test demo chaos load clean
+.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration test demo chaos load monitoring clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ chaos: venv ## faults on the served lab (kill -9 rank, corrupt model, reboots, n
 
 load: venv ## 2 x 500 requests at 32 clients on the served lab: statuses, p50/p99, rank 0 RSS
 	tests/load/run.sh
+
+monitoring: venv ## on the served lab: serve.yml with monitoring (twice, changed=0), listen addresses, every dashboard query has data under load
+	tests/monitoring/run.sh
 
 clean: ## take the lab down, drop the venv, caches and reports (keeps the image cache)
 	-tests/lab/lab.sh down

@@ -12,7 +12,9 @@
 #      -> smoketest.yml
 #   -> kill -9 a rank on the third node, wait for systemd to restart the group -> serve.yml
 #      (changed=0) -> smoketest.yml -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1
-#      twice (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json).
+#      twice (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json)
+#   -> monitoring: serve.yml with tpserve_monitoring_enabled twice (changed=0), listen addresses,
+#      every Grafana dashboard query returns data from the lab's Prometheus under load.
 # Playbooks that do not exist yet are skipped with a message. The lab stays up afterwards
 # (tests/run_ci.sh tears it down; or `make lab-down`).
 # Uses the default lab and inventory/lab; for a private lab export LAB_PREFIX, LAB_SUBNET,
@@ -317,5 +319,14 @@ if have serve.yml && have smoketest.yml; then
   playbook serve-replicas-2 serve.yml "${replicas[@]}" || die "serve.yml (replicas, second run)"
   recap_check "${LOG_DIR}/serve-replicas-2.log" "serve.yml replicas second run (idempotence)"
   smoke replicas "${replicas[@]}"
+
+  # Monitoring (opt-in role): serve.yml with it twice (changed=0), Prometheus and the node exporters
+  # on the cluster addresses only, every Grafana dashboard query answered by the lab's Prometheus
+  # under a bounded load (tests/monitoring/run.sh).
+  say "monitoring (replicas layout)"
+  t_mon=${SECONDS}
+  MONITORING_PLAYBOOK_ARGS="${INTEGRATION_ARGS:-} ${replicas[*]}" MONITORING_REPORT_DIR="${LOG_DIR}/monitoring" \
+    tests/monitoring/run.sh || die "monitoring (tests/monitoring/run.sh)"
+  say "monitoring: passed in $((SECONDS - t_mon))s"
 fi
 say "passed"

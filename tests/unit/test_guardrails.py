@@ -103,6 +103,31 @@ def test_valid_cluster_passes_and_changes_nothing(tmp_path: Path) -> None:
         ({"tpserve_router_max_body_bytes": "huge"}, [], "tpserve_router_max_body_bytes"),
         ({"smoketest_concurrency": "lots"}, [], "smoketest_concurrency"),
         ({"pdsh_rcmd": "telnet"}, [], "pdsh_rcmd"),
+        # issue 16.1: the monitoring role (checked only when tpserve_monitoring_enabled)
+        (
+            {"tpserve_monitoring_enabled": True, "monitoring_prometheus_bind_address": "0.0.0.0"},
+            [],
+            "monitoring_expose_beyond_cluster",
+        ),
+        (
+            {
+                "tpserve_monitoring_enabled": True,
+                "monitoring_node_exporter_bind_address": "0.0.0.0",
+            },
+            [],
+            "monitoring_node_exporter_bind_address=0.0.0.0",
+        ),
+        (
+            {"tpserve_monitoring_enabled": True, "monitoring_scrape_interval": "often"},
+            [],
+            "monitoring_scrape_interval=often",
+        ),
+        (
+            {"tpserve_monitoring_enabled": True, "monitoring_scrape_timeout": "1m"},
+            [],
+            "monitoring_scrape_timeout=1m is longer than monitoring_scrape_interval=15s",
+        ),
+        ({"monitoring_prometheus_port": "ninety"}, [], "monitoring_prometheus_port"),
     ],
 )
 def test_bad_role_variable_stops_in_the_guardrails(
