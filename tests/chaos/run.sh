@@ -351,11 +351,11 @@ partition_rules() {
 
 scenario_partition() {
   ensure_serving
-  local started=${LOGS}/partition.started inflight t_drop t_503=timeout t_undo rec=timeout code codes=() rc=0
+  local started=${LOGS}/partition.started inflight t_drop t_503=timeout t_undo rec=timeout code last="" codes=() rc=0
   local restarts0 restarts1 limit=${CHAOS_PARTITION_LIMIT:-35}
   restarts0=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
-  rm -f "${started}"
-  "${PY}" tests/chaos/inflight.py --url "${API_URL}" --model "${MODEL}" --n 1 --max-tokens 3000 \
+  rm -f "${started}" "${LOGS}/partition-health.log"
+  "${PY}" tests/chaos/inflight.py --url "${API_URL}" --model "${MODEL}" --n 1 --max-tokens 512 \
     --timeout 150 --started "${started}" >"${LOGS}/partition-inflight.json" 2>"${LOGS}/partition-inflight.err" &
   inflight=$!
   for _ in $(seq 120); do [[ -f ${started} ]] && break; sleep 0.5; done
@@ -369,10 +369,13 @@ scenario_partition() {
   say "partition: DROP between ${VICTIM} and ${MASTER} (${MASTER_ADDR}) in ${VICTIM}'s netns"
   # Poll /health (2 s client timeout) until it said 503 and the stream ended, 90 s at most.
   while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "${API_URL}/health" || true)
-    local now
+    local now body
+    body=$(curl -s -w ' %{http_code}' -m 2 "${API_URL}/health" || true)
+    code=${body##* }
     now=$(date +%s.%N)
-    [[ ${codes[-1]:-} == "${code}" ]] || codes+=("${code}@$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")s")
+    printf '%s %s\n' "$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")" "${body:0:160}" >>"${LOGS}/partition-health.log"
+    [[ ${last} == "${code}" ]] || codes+=("${code}@$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")s")
+    last=${code}
     [[ ${t_503} != timeout || ${code} != 503 ]] || t_503=$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")
     if [[ ${t_503} != timeout ]] && ! kill -0 "${inflight}" 2>/dev/null; then break; fi
     "${PY}" -c "import sys; sys.exit(0 if ${now} - ${t_drop} > 90 else 1)" && break
