@@ -81,7 +81,7 @@ demo: deps-ensure venv lab-up ## lab-up, site.yml, serve.yml, smoketest.yml on t
 	if [ -f "$$report" ]; then echo "== $$report"; $(VENV)/bin/python -m json.tool "$$report"; \
 	else echo "smoke report: not there yet ($$report)"; fi
 
-chaos: venv ## faults on the served lab (kill -9 rank, corrupt model, reboots, node down, rolling restart + replicas behind HAProxy) + security
+chaos: venv ## faults on the served lab (kill -9 rank, corrupt model, reboots, node down, partition, model update on a full disk, rolling restart + replicas behind HAProxy) + security
 	tests/chaos/run.sh
 
 load: venv ## 2 x 500 requests at 32 clients on the served lab: statuses, p50/p99, rank 0 RSS

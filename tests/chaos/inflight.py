@@ -5,7 +5,8 @@
 Starts N streaming chat completions (ignore_eos, many tokens so they outlive the fault), touches
 FILE once every stream has produced its first token, then waits. Each request ends as
 "completed" ([DONE] seen), "error" (non-200, broken stream, connection reset) or "hang" (no end
-within --timeout). Prints a JSON summary; exit 1 if any request hung.
+within --timeout). Prints a JSON summary (each request with "end", the wall-clock time it
+ended); exit 1 if any request hung.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ async def one(client: httpx.AsyncClient, args: argparse.Namespace, first: asynci
         return {"outcome": "error", "detail": type(exc).__name__, "chunks": chunks, "s": _dt(t0)}
 
 
+async def timed(client: httpx.AsyncClient, args: argparse.Namespace, first: asyncio.Event) -> dict:
+    result = await one(client, args, first)
+    result["end"] = round(time.time(), 3)
+    return result
+
+
 def _dt(t0: float) -> float:
     return round(time.monotonic() - t0, 2)
 
@@ -63,7 +70,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     timeout = httpx.Timeout(args.timeout, connect=10)
     async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=timeout) as client:
         events = [asyncio.Event() for _ in range(args.n)]
-        tasks = [asyncio.create_task(one(client, args, ev)) for ev in events]
+        tasks = [asyncio.create_task(timed(client, args, ev)) for ev in events]
         await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in events)), 60)
         Path(args.started).touch()
         return list(await asyncio.gather(*tasks))

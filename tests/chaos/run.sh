@@ -22,6 +22,15 @@
 #                  CHAOS_ROLLING_BATCH requests (at most CHAOS_ROLLING_MAX_BATCHES): every replica
 #                  restarted one at a time, 0 requests lost (every answer 200, none 503).
 #   security       tests/security/check.sh all (live checks + Vault secrets, see there).
+#   partition      (tp_across_nodes) a firewall DROP between the master and the last worker, both
+#                  ways, inside the worker's network namespace, while a stream is in flight: the
+#                  stream ends with an error <= CHAOS_PARTITION_LIMIT (35 s) after the DROP, /health
+#                  answers 503 <= CHAOS_PARTITION_LIMIT; DROP removed, serving again (chat
+#                  completion) <= CHAOS_RECOVERY_LIMIT (120 s) after that.
+#   model-quota    the last worker's model versions directory on a tmpfs with ~1 MiB free; a new
+#                  model source (model_synthetic_args --seed CHAOS_QUOTA_SEED) by site.yml --tags
+#                  model fails naming the worker and the space; every node's model symlink is
+#                  unchanged, /health ok and /generate answers on the old model; tmpfs removed.
 #
 # Logs: reports/chaos/*.log; summary table: reports/chaos/summary.txt (and stdout).
 set -euo pipefail
@@ -325,12 +334,115 @@ scenario_security() {
   fi
 }
 
+# in_netns HOST CMD...: run CMD in HOST's network namespace (from the lab host: the nodes have no
+# firewall tools, and a rule made this way cannot cut the ssh the test itself uses).
+in_netns() {
+  local host=$1 pid
+  shift
+  pid=$(podman inspect -f '{{.State.Pid}}' "$(container_of "${host}")")
+  nsenter -t "${pid}" -n "$@"
+}
+
+# partition_rules ACTION: insert (-I) or delete (-D) the DROP between VICTIM and the master, both ways.
+partition_rules() {
+  in_netns "${VICTIM}" iptables -w "$1" INPUT -s "${MASTER_ADDR}" -j DROP &&
+    in_netns "${VICTIM}" iptables -w "$1" OUTPUT -d "${MASTER_ADDR}" -j DROP
+}
+
+scenario_partition() {
+  ensure_serving
+  local started=${LOGS}/partition.started inflight t_drop t_503=timeout t_undo rec=timeout code last="" codes=() rc=0
+  local restarts0 restarts1 limit=${CHAOS_PARTITION_LIMIT:-35}
+  restarts0=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
+  rm -f "${started}" "${LOGS}/partition-health.log"
+  "${PY}" tests/chaos/inflight.py --url "${API_URL}" --model "${MODEL}" --n 1 --max-tokens 512 \
+    --timeout 150 --started "${started}" >"${LOGS}/partition-inflight.json" 2>"${LOGS}/partition-inflight.err" &
+  inflight=$!
+  for _ in $(seq 120); do [[ -f ${started} ]] && break; sleep 0.5; done
+  [[ -f ${started} ]] || {
+    row partition FAIL - "in-flight stream never started ($(tail -n 3 "${LOGS}/partition-inflight.err"))"
+    return
+  }
+  trap 'partition_rules -D 2>/dev/null || true' EXIT
+  t_drop=$(date +%s.%N)
+  partition_rules -I
+  say "partition: DROP between ${VICTIM} and ${MASTER} (${MASTER_ADDR}) in ${VICTIM}'s netns"
+  # Poll /health (2 s client timeout) until it said 503 and the stream ended, 90 s at most.
+  while :; do
+    local now body
+    body=$(curl -s -w ' %{http_code}' -m 2 "${API_URL}/health" || true)
+    code=${body##* }
+    now=$(date +%s.%N)
+    printf '%s %s\n' "$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")" "${body:0:160}" >>"${LOGS}/partition-health.log"
+    [[ ${last} == "${code}" ]] || codes+=("${code}@$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")s")
+    last=${code}
+    [[ ${t_503} != timeout || ${code} != 503 ]] || t_503=$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")
+    if [[ ${t_503} != timeout ]] && ! kill -0 "${inflight}" 2>/dev/null; then break; fi
+    "${PY}" -c "import sys; sys.exit(0 if ${now} - ${t_drop} > 90 else 1)" && break
+    sleep 0.5
+  done
+  wait "${inflight}" || rc=$?
+  partition_rules -D
+  trap - EXIT
+  t_undo=${SECONDS}
+  say "partition: DROP removed"
+  local end outcome
+  read -r outcome end < <("${PY}" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["requests"][0]
+print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/partition-inflight.json" "${t_drop}" 2>/dev/null || echo "? ?")
+  while ((SECONDS - t_undo < 300)); do
+    if health_ok && chat_ok; then
+      rec=$((SECONDS - t_undo))
+      break
+    fi
+    sleep 1
+  done
+  restarts1=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
+  local detail="stream ${outcome} ${end}s after the DROP; /health 503 after ${t_503}s (codes ${codes[*]}); serving again (health + chat) ${rec}s after the DROP was removed; master NRestarts ${restarts0}->${restarts1}"
+  if [[ ${outcome} == error && ${t_503} != timeout && ${rec} != timeout ]] &&
+    "${PY}" -c "import sys; sys.exit(0 if ${end} <= ${limit} and ${t_503} <= ${limit} and ${rec} <= ${RECOVERY_LIMIT} else 1)"; then
+    row partition PASS "${rec}" "${detail}"
+  else
+    row partition FAIL "${rec}" "${detail}"
+  fi
+}
+
+scenario_model_quota() {
+  ensure_serving
+  local link=/opt/tpserve/models/${MODEL} versions before=() after=() n rc=0 t0 took msg health=down gen=fail
+  for n in "${ALL_NODES[@]}"; do before+=("$(node_sh "${n}" "readlink ${link}")"); done
+  versions=$(dirname "${before[-1]}")
+  # A tmpfs over the victim's versions directory holding a copy of what is there, ~1 MiB free.
+  node_sh "${VICTIM}" "set -e; rm -rf /var/tmp/quota-save; cp -a ${versions} /var/tmp/quota-save;
+    used=\$(du -s -B1 ${versions} | cut -f1); mount -t tmpfs -o size=\$((used + 1048576)),mode=0755 tpserve-quota ${versions};
+    cp -a /var/tmp/quota-save/. ${versions}/; chown tpserve:tpserve ${versions}; df -h ${versions} | tail -n 1"
+  t0=${SECONDS}
+  playbook "${LOGS}/site-model-quota.log" site.yml --tags model \
+    -e "{\"model_synthetic_args\": [\"--seed\", \"${CHAOS_QUOTA_SEED:-7}\"]}" || rc=$?
+  took=$((SECONDS - t0))
+  msg=$(grep -o "${VICTIM}: not enough space for model version[^\"]*" "${LOGS}/site-model-quota.log" | head -n 1 | cut -c1-300)
+  for n in "${ALL_NODES[@]}"; do after+=("$(node_sh "${n}" "readlink ${link}")"); done
+  health_ok && health=ok
+  curl -fsS -m 60 -H 'content-type: application/json' "${API_URL}/generate" \
+    -d '{"prompt": "hello", "max_new_tokens": 4}' >"${LOGS}/quota-generate.json" 2>&1 && gen=ok
+  node_sh "${VICTIM}" "umount ${versions} && rm -rf /var/tmp/quota-save"
+  local same=yes detail
+  [[ ${before[*]} == "${after[*]}" ]] || same="no (${after[*]})"
+  detail="site.yml --tags model with a new source rc ${rc} in ${took}s, message: '${msg:-none}'; symlinks unchanged: ${same}; old model: health ${health}, /generate ${gen}"
+  if ((rc != 0)) && [[ -n ${msg} && ${same} == yes && ${health} == ok && ${gen} == ok ]]; then
+    row model-quota PASS "${took}" "${detail}"
+  else
+    row model-quota FAIL "${took}" "${detail}"
+  fi
+}
+
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down rolling-restart replicas security)
+((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down partition model-quota rolling-restart replicas security)
 say "lab ${INVENTORY}: master ${MASTER}, victim worker ${VICTIM}, API ${API_URL}"
 for s in "${scenarios[@]}"; do
   case ${s} in
-    kill-rank | corrupt-model | master-reboot | worker-down | rolling-restart | replicas | security) ;;
+    kill-rank | corrupt-model | master-reboot | worker-down | partition | model-quota | rolling-restart | replicas | security) ;;
     *) die "unknown scenario ${s}" ;;
   esac
   say "scenario ${s}"
