@@ -50,7 +50,14 @@ class ServeConfig:
     request_timeout_s: float = setting(120.0, "seconds per request (then 504)", gt=0)
     max_body_bytes: int = setting(1_000_000, "largest request body (then 413)", min=1)
     heartbeat_timeout_s: float = setting(30.0, "seconds before a silent rank is dead", gt=0)
-    step_timeout_s: float = setting(300.0, "seconds one step may take before the rank exits (0: off)", min=0)
+    step_timeout_s: float = setting(
+        33.0,
+        "seconds one step may take before the rank exits (0: off): a partitioned peer blocks a step in a "
+        "collective; /health says 503 at --stall-timeout, then the group exits and systemd restarts it "
+        "(lab partition scenario: the in-flight stream ended 33.6 s after the DROP; with 300 s it waited "
+        "for the request timeout). Chunked prefill keeps steps short; raise it for very slow CPU models",
+        min=0,
+    )
     drain_timeout_s: float = setting(
         20.0,
         "on SIGTERM: seconds in-flight requests may still run (then 503); below the launcher's 30 s grace "
