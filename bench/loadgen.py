@@ -158,12 +158,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def served_model(url: str) -> str:
+    """The server's own name for its model: the first id of GET /v1/models."""
+    resp = httpx.get(f"{url}/v1/models", timeout=30)
+    resp.raise_for_status()
+    return str(resp.json()["data"][0]["id"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--url", default="http://127.0.0.1:8000")
-    ap.add_argument("--model", default="bench-model", help="served model name")
+    ap.add_argument(
+        "--model", default="", help="served model name (default: asked from /v1/models)"
+    )
     ap.add_argument("--concurrency", type=int, default=1, help="closed loop: parallel clients")
     ap.add_argument(
         "--rate", type=float, default=0.0, help="open loop: requests/s (Poisson); 0 = closed"
@@ -182,6 +191,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.rate <= 0 and args.concurrency < 1:
         ap.error("--concurrency must be >= 1 (or give --rate)")
+    if not args.model:
+        args.model = served_model(args.url)
     summary = asyncio.run(run(args))
     line = json.dumps(summary)
     print(line, flush=True)

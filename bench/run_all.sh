@@ -37,10 +37,10 @@ want fastgen && run "$PY" bench/runner.py http --results "$R" --engine fastgen -
   --scenario "--rate 16 --requests 160"
 # 5. HF static cache, 1 GPU (the anchor the targets are measured against)
 want hfc && BS="1 32" run "$PY" bench/runner.py run --results "$R" --deadline "${T_HFC:-100}" hfc
-# 6. tpserve autotp TP=2 over HTTP (one forward per sequence per step: slow; small scenarios)
+# 6. tpserve autotp TP=2 over HTTP (slot KV cache, one decode forward per step, CUDA graphs)
 want autotp && run "$PY" bench/runner.py http --results "$R" --engine autotp --tp 2 \
-  --deadline "${T_AUTOTP:-100}" --server-arg=--max-batch-size --server-arg=8 \
-  --scenario "--concurrency 1 --requests 4" \
-  --scenario "--concurrency 8 --requests 8"
+  --deadline "${T_AUTOTP:-150}" --server-arg=--max-batch-size --server-arg=8 \
+  --scenario "--concurrency 1 --requests 8" \
+  --scenario "--concurrency 8 --requests 32"
 want report && "$PY" bench/runner.py report --results "$R" --out "$R/merged.json"
 exit 0

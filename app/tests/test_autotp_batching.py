@@ -39,3 +39,36 @@ def test_batched_decode_matches_sequential(model_dir: Path) -> None:
     assert loop_info["batched_decode"] is False and batch_info["batched_decode"] is True
     assert batch_tokens == loop_tokens
     assert torch.allclose(batch_logits, loop_logits, atol=1e-3, rtol=1e-4)
+
+
+def test_slot_cache_across_buckets_with_holes(model_dir: Path) -> None:
+    """Positions cross the 64-token span bucket, a hole sits among the slots (rows bucket 4 with
+    slot 1 free: its row computes garbage into the scratch column) and a sequence joins into the
+    hole: every logit equals the per-sequence path's."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    def run(batch_decode: bool) -> torch.Tensor:
+        engine = create(
+            "autotp",
+            EngineOptions(
+                model_dir=str(model_dir), dtype="float32", batch_decode=batch_decode, max_batch_size=4
+            ),
+        )
+        out = [engine.forward([1, 2, 3], [[3] * 50, [4] * 5, [5] * 60])]
+        last = {u: int(t) for u, t in zip([1, 2, 3], out[0].argmax(-1).tolist(), strict=True)}
+        engine.release(2)
+        del last[2]
+        for step in range(20):
+            if step == 10:
+                first = engine.forward([4], [[6] * 9])
+                last[4] = int(first.argmax(-1))
+                out.append(first)
+            uids = sorted(last)
+            logits = engine.forward(uids, [[last[u]] for u in uids])
+            out.append(logits)
+            last = {u: int(t) for u, t in zip(uids, logits.argmax(-1).tolist(), strict=True)}
+        info = engine.describe()
+        assert info["batched_decode"] is batch_decode
+        return torch.cat([o.reshape(-1) for o in out])
+
+    assert torch.allclose(run(True), run(False), atol=1e-3, rtol=1e-4)

@@ -77,9 +77,9 @@ class ServeConfig:
     )
     kernel_inject: bool = setting(False, "autotp: DeepSpeed kernel injection (opt-in)")
     tp_grain_size: int = setting(0, "autotp: DeepSpeed tp_grain_size (0: DeepSpeed's default)", min=0)
-    batch_decode: bool = setting(True, "autotp: decode several sequences in one padded forward")
+    batch_decode: bool = setting(True, "autotp: slot KV cache, one decode forward a step (off: per sequence)")
     cuda_graphs: bool = setting(
-        True, "fastgen: replay decode steps as CUDA graphs, one per batch size (--no-cuda-graphs: eager)"
+        True, "CUDA: replay decode steps as CUDA graphs, one per batch bucket (--no-cuda-graphs: eager)"
     )
     api_key: str | None = dataclasses.field(default=None, repr=False, metadata={"cli": False})
 

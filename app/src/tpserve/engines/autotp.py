@@ -1,8 +1,16 @@
 """DeepSpeed v1 AutoTP engine: `deepspeed.init_inference` tensor parallelism over HF transformers.
 
 Works on CPU (gloo / DeepSpeed shm all-reduce) and CUDA (NCCL), within or across hosts.
-Each sequence keeps its own HF KV cache (one DynamicCache per uid), so the ragged step API
-is served by running the model once per sequence per step — every rank in the same order.
+
+KV cache (issue 13.3): a static per-slot cache (`tpserve.engines.slotcache`): every running
+sequence owns one row of preallocated K/V tensors. A prompt (chunk) runs eagerly against its own
+row; all decode tokens of a step run as ONE forward over the first ``rows`` slots, attending over
+the first ``span`` positions, with ``rows``/``span`` rounded up to powers of two. On CUDA those
+decode forwards are replayed as CUDA graphs per (rows, span) bucket (`tpserve.engines.cudagraphs`),
+the TP all-reduces included, which removes the per-kernel launch cost that made autotp slow.
+Models with sliding-window layers, and kernel injection (DeepSpeed's own KV cache), keep one HF
+DynamicCache per sequence and one forward per sequence (``--no-batch-decode`` forces that path: the
+reference the slot path is tested against).
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from tpserve.engines.base import (
     load_config,
     resolve_dtype,
 )
+from tpserve.engines.cudagraphs import GraphSet
+from tpserve.engines.slotcache import SlotCache, bucket_for, buckets
+from tpserve.tools.memory import ModelShape, default_max_context
+from tpserve.tools.memory import plan as memory_plan
 
 log = logging.getLogger("tpserve.engines.autotp")
 
@@ -65,8 +77,22 @@ class AutoTPEngine(Engine):
         else:
             self.device = torch.device("cpu")
 
+        self._max_seq = default_max_context(self.config, options.max_seq_len)
+        full_attention = all(
+            t == "full_attention" for t in self.config.get("layer_types") or ["full_attention"]
+        )
+        self._slotted = (
+            options.batch_decode
+            and not options.kernel_inject
+            and full_attention
+            and not self.config.get("use_sliding_window", False)
+        )
+        self._check_memory()
+
         t0 = time.monotonic()
-        model = AutoModelForCausalLM.from_pretrained(options.model_dir, dtype=self.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            options.model_dir, dtype=self.dtype, attn_implementation="sdpa"
+        )
         model.eval()
         self.full_linear_bytes = linear_weight_bytes(model)
         log.info("loaded %s (%s) in %.1f s", options.model_dir, self.dtype, time.monotonic() - t0)
@@ -100,21 +126,61 @@ class AutoTPEngine(Engine):
             problem = check_sharding(self._report["linear_fraction"], options.tp_size)
             if problem:
                 raise EngineError(f"rank {options.dist.rank}: {problem}")
-        self._caches: dict[int, Any] = {}
+        self._caches: dict[int, Any] = {}  # per-sequence DynamicCache (the path without slots)
         self._lengths: dict[int, int] = {}
         self._vocab = int(self.model.config.vocab_size)
-        self._max_seq = options.max_seq_len or int(self.config.get("max_position_embeddings", 2048))
-        # decode steps of several sequences run as one padded batch when every layer is plain full
-        # attention (no sliding window) and kernel injection (its own KV cache) is off
-        full_attention = all(
-            t == "full_attention" for t in self.config.get("layer_types") or ["full_attention"]
+        self._slot_of: dict[int, int] = {}
+        self._free_slots = list(range(options.max_batch_size))
+        self.cache: SlotCache | None = None
+        self.graphs: GraphSet | None = None
+        if self._slotted:
+            self._setup_slots()
+
+    def _check_memory(self) -> None:
+        """CUDA: the weights, one prompt's workspace and every slot's KV must fit, before loading."""
+        if self.options.device != "cuda" or not self._slotted:
+            return
+        shape = ModelShape.from_config(self.config)
+        tp = self.options.tp_size
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        plan = memory_plan(shape, tp, total, self._max_seq, self.options.max_batch_size, self._max_seq)
+        need = self.options.max_batch_size * (self._max_seq + 1) * shape.kv_bytes_per_token(tp)
+        if need > plan.kv_bytes:
+            raise EngineError(
+                f"GPU {self.options.dist.local_rank}: the autotp KV cache does not fit: "
+                f"{self.options.max_batch_size} slots x {self._max_seq} tokens x "
+                f"{shape.kv_bytes_per_token(tp)} B = {need / 2**30:.2f} GiB, but weights/rank "
+                f"{plan.weight_bytes / 2**30:.2f} GiB + workspace {plan.workspace_bytes / 2**30:.2f} GiB "
+                f"+ overhead {plan.overhead_bytes / 2**30:.2f} GiB leave {max(plan.kv_bytes, 0) / 2**30:.2f} "
+                f"GiB of {total / 2**30:.2f} GiB; lower --max-batch-size or --max-seq-len, or raise TP"
+            )
+
+    def _setup_slots(self) -> None:
+        cfg = self.model.config
+        heads = int(cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        # this rank's KV heads: what AutoTP left in the first attention layer's k_proj
+        attn = next(m for n, m in self.model.named_modules() if n.endswith("self_attn"))
+        k_out = attn.k_proj.weight.shape[0]
+        slots = self.options.max_batch_size
+        self.cache = SlotCache(
+            layers=int(cfg.num_hidden_layers),
+            slots=slots,
+            kv_heads=k_out // head_dim,
+            head_dim=head_dim,
+            max_context=self._max_seq,
+            dtype=self.dtype,
+            device=self.device,
         )
-        self._batch_decode = (
-            options.batch_decode
-            and not inject
-            and full_attention
-            and not self.config.get("use_sliding_window", False)
-        )
+        self._rows = buckets(slots)
+        self._spans = buckets(self._max_seq, start=min(64, self._max_seq))
+        self._ids = torch.zeros((slots, 1), dtype=torch.long, device=self.device)
+        if self.device.type != "cuda":
+            self.graphs = GraphSet(self.device, off_reason="CPU: no CUDA graphs")
+        elif not self.options.cuda_graphs:
+            self.graphs = GraphSet(self.device, off_reason="turned off (--no-cuda-graphs)")
+        else:
+            self.graphs = GraphSet(self.device)
 
     def _make_report(self) -> dict[str, Any]:
         linear = linear_weight_bytes(self.model)
@@ -136,75 +202,94 @@ class AutoTPEngine(Engine):
             length = self._lengths.get(uid, 0) + len(chunk)
             if length > self._max_seq:
                 raise ValueError(f"uid {uid} would reach {length} tokens > max_seq_len {self._max_seq}")
+        if not uids:
+            return torch.empty((0, self._vocab), dtype=torch.float32)
+        if self.cache is None:
+            return torch.stack([self._forward_one(u, c) for u, c in zip(uids, chunks, strict=True)])
         rows: list[torch.Tensor | None] = [None] * len(uids)
         decode = [
-            i for i, (u, c) in enumerate(zip(uids, chunks, strict=True)) if len(c) == 1 and u in self._caches
+            i for i, (u, c) in enumerate(zip(uids, chunks, strict=True)) if len(c) == 1 and u in self._slot_of
         ]
-        if self._batch_decode and len(decode) > 1:
-            logits = self._decode_batch([uids[i] for i in decode], [chunks[i][0] for i in decode])
+        if decode:
+            logits = self._decode([uids[i] for i in decode], [chunks[i][0] for i in decode])
             for row, i in enumerate(decode):
                 rows[i] = logits[row]
         for i, (uid, chunk) in enumerate(zip(uids, chunks, strict=True)):
             if rows[i] is None:
-                rows[i] = self._forward_one(uid, chunk)
-        if not rows:
-            return torch.empty((0, self._vocab), dtype=torch.float32)
+                rows[i] = self._prefill(uid, chunk)
         return torch.stack(rows)  # type: ignore[arg-type]
 
     def _forward_one(self, uid: int, chunk: Sequence[int]) -> torch.Tensor:
-        """One sequence (a prompt or one token) against its own KV cache."""
+        """One sequence (a prompt or one token) against its own DynamicCache (the path without slots)."""
         ids = torch.tensor([list(chunk)], dtype=torch.long, device=self.device)
         out = self.model(
             input_ids=ids, past_key_values=self._caches.get(uid), use_cache=True, logits_to_keep=1
         )
         self._caches[uid] = out.past_key_values
         self._lengths[uid] = self._lengths.get(uid, 0) + len(chunk)
-        return out.logits[0, -1].float().cpu()
+        return out.logits[0, -1].float()
 
-    def _decode_batch(self, uids: list[int], tokens: list[int]) -> torch.Tensor:
-        """One token for each of several sequences in ONE forward: their KV caches are left-padded
-        into a batch (padding masked out, true positions via position_ids), then split back."""
-        from transformers import DynamicCache
-
-        lengths = [self._lengths[u] for u in uids]
-        longest = max(lengths)
-        per_seq = [list(self._caches[u]) for u in uids]
-        layers = []
-        for layer in range(len(per_seq[0])):
-            keys, values = [], []
-            for seq, n in zip(per_seq, lengths, strict=True):
-                k, v = seq[layer][0], seq[layer][1]
-                pad = (0, 0, longest - n, 0)
-                keys.append(torch.nn.functional.pad(k, pad))
-                values.append(torch.nn.functional.pad(v, pad))
-            layers.append((torch.cat(keys), torch.cat(values)))
-        batch = DynamicCache(ddp_cache_data=layers)
-        mask = torch.zeros((len(uids), longest + 1), dtype=torch.long, device=self.device)
-        for row, n in enumerate(lengths):
-            mask[row, longest - n :] = 1
+    def _prefill(self, uid: int, chunk: Sequence[int]) -> torch.Tensor:
+        """A prompt (or a chunk of one) of one sequence, eagerly, into its slot."""
+        assert self.cache is not None
+        slot = self._slot_of.get(uid)
+        if slot is None:
+            if not self._free_slots:
+                raise ValueError(f"no free KV slot for uid {uid} ({self.options.max_batch_size} in use)")
+            slot = self._slot_of[uid] = min(self._free_slots)
+            self._free_slots.remove(slot)
+        start = self._lengths.get(uid, 0)
+        mask = self.cache.prefill(slot, start, len(chunk))
         out = self.model(
-            input_ids=torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device),
-            attention_mask=mask,
-            position_ids=torch.tensor([[n] for n in lengths], dtype=torch.long, device=self.device),
-            past_key_values=batch,
+            input_ids=torch.tensor([list(chunk)], dtype=torch.long, device=self.device),
+            attention_mask={"full_attention": mask},
+            position_ids=torch.arange(start, start + len(chunk), device=self.device)[None],
+            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        merged = [(k, v) for k, v, *_ in out.past_key_values]
-        for row, (uid, n) in enumerate(zip(uids, lengths, strict=True)):
-            start = longest - n
-            self._caches[uid] = DynamicCache(
-                ddp_cache_data=[
-                    (k[row : row + 1, :, start:].clone(), v[row : row + 1, :, start:].clone())
-                    for k, v in merged
-                ]
-            )
-            self._lengths[uid] = n + 1
-        return out.logits[:, -1].float().cpu()
+        self._lengths[uid] = start + len(chunk)
+        return out.logits[0, -1].float()
+
+    def _decode(self, uids: list[int], tokens: list[int]) -> torch.Tensor:
+        """One token for each of several sequences in ONE forward over the first `rows` slots
+        (a CUDA-graph replay once that (rows, span) bucket has been seen)."""
+        assert self.cache is not None and self.graphs is not None
+        slots = [self._slot_of[u] for u in uids]
+        positions = [self._lengths[u] for u in uids]
+        rows = bucket_for(max(slots) + 1, self._rows)
+        span = bucket_for(max(positions) + 1, self._spans)
+        ids = [0] * rows
+        pos = [self.cache.scratch] * rows  # slots without a token this step write to the scratch column
+        for slot, tok, p in zip(slots, tokens, positions, strict=True):
+            ids[slot], pos[slot] = tok, p
+        self._ids[:rows, 0].copy_(torch.tensor(ids, dtype=torch.long))
+        self.cache.pos[:rows].copy_(torch.tensor(pos, dtype=torch.long))
+        out = self.graphs.run((rows, span), lambda: self._decode_step(rows, span))
+        for u in uids:
+            self._lengths[u] += 1
+        return out[torch.tensor(slots, device=out.device)]
+
+    def _decode_step(self, rows: int, span: int) -> torch.Tensor:
+        """The forward a graph captures: inputs only from fixed buffers (token ids, positions)."""
+        assert self.cache is not None
+        mask = self.cache.decode(rows, span)
+        out = self.model(
+            input_ids=self._ids[:rows],
+            attention_mask={"full_attention": mask},
+            position_ids=self.cache.pos[:rows, None],
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
 
     def release(self, uid: int) -> None:
         self._caches.pop(uid, None)
         self._lengths.pop(uid, None)
+        slot = self._slot_of.pop(uid, None)
+        if slot is not None:
+            self._free_slots.append(slot)
 
     @property
     def max_batch_size(self) -> int:
@@ -220,7 +305,7 @@ class AutoTPEngine(Engine):
 
     @property
     def active_sequences(self) -> int:
-        return len(self._caches)
+        return len(self._lengths)
 
     def weight_report(self) -> dict[str, Any]:
         return dict(self._report)
@@ -235,7 +320,19 @@ class AutoTPEngine(Engine):
             "model_type": self.config.get("model_type"),
             "max_seq_len": self._max_seq,
             "max_batch_size": self.options.max_batch_size,
-            "batched_decode": self._batch_decode,
+            "batched_decode": self.cache is not None,
+            "kv_cache": (
+                {
+                    "slots": self.cache.slots,
+                    "max_context": self._max_seq,
+                    "mib": round(self.cache.nbytes / 2**20, 1),
+                }
+                if self.cache is not None
+                else {"per_sequence": True}
+            ),
+            "cuda_graphs": self.graphs.describe()
+            if self.graphs is not None
+            else {"enabled": False, "off_reason": "per-sequence decode (no slot cache)"},
         }
 
 

@@ -7,7 +7,7 @@ Every rank holds one engine and calls the same methods with the same arguments i
                                             # (its prompt, or a piece of it, on its first step;
                                             #  one sampled token per decode step)
     -> Tensor[len(uids), vocab]: the logits after the last token of each chunk, float32 on the
-       CPU (autotp) or on the engine's GPU (fastgen: sampling.sample_batch argmaxes there)
+       engine's device (on a GPU, sampling.sample_batch picks the tokens there)
     engine.release(uid)                     # the sequence is finished: free its KV cache
 
 FastGen maps this 1:1 onto `engine.put(uids, token_lists)` / `engine.flush(uid)`.
@@ -57,8 +57,8 @@ class EngineOptions:
     kv_cache_gb: float = 0.0  # fastgen: KV cache budget per GPU (0 = engine default)
     kernel_inject: bool = False  # autotp: only honoured where DeepSpeed has a policy
     tp_grain_size: int = 0  # autotp: 0 = DeepSpeed's default (64)
-    batch_decode: bool = True  # autotp: decode several sequences in one padded forward
-    cuda_graphs: bool = True  # fastgen: decode steps replayed as CUDA graphs
+    batch_decode: bool = True  # autotp: slot KV cache, all decode tokens of a step in one forward
+    cuda_graphs: bool = True  # fastgen and autotp: decode steps replayed as CUDA graphs
     dist: DistInfo = dataclasses.field(default_factory=DistInfo)
 
 

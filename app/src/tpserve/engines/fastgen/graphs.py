@@ -28,14 +28,12 @@ collectives interleave correctly, so the group keeps serving.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-log = logging.getLogger("tpserve.engines.fastgen")
+from tpserve.engines.cudagraphs import GraphSet
 
 
 def use_stream_gemm() -> str:
@@ -59,59 +57,23 @@ def use_stream_gemm() -> str:
 
 
 class DecodeGraphs:
-    """Stands in for the v2 model's ``forward``: replays a captured graph for decode steps."""
+    """Stands in for the v2 model's ``forward``: decode steps go through a GraphSet keyed by size."""
 
     def __init__(self, eager: Callable[[Any], torch.Tensor], device: torch.device) -> None:
         self.eager = eager
-        self.device = device
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool: Any = None  # one memory pool for every graph, made at the first capture
-        self.bytes = 0
-        self.capture_s = 0.0
-        self.replays = 0
-        self.off_reason: str | None = None
+        self.set = GraphSet(device)
+
+    @property
+    def off_reason(self) -> str | None:
+        return self.set.off_reason
 
     def __call__(self, batch: Any) -> torch.Tensor:
         n = int(batch.current_sequences)
-        if self.off_reason is not None or int(batch.current_tokens) != n:
+        if int(batch.current_tokens) != n:  # a prompt chunk: eager
             return self.eager(batch)
-        entry = self.graphs.get(n)
-        if entry is not None:
-            graph, out = entry
-            graph.replay()
-            self.replays += 1
-            return out
-        out = self.eager(batch)  # the step's real result; it also warms every buffer and NCCL
-        self._capture(n, batch)
-        return out
-
-    def _capture(self, n: int, batch: Any) -> None:
-        t0 = time.monotonic()
-        before = 0
-        if torch.cuda.is_available():
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()  # as torch.cuda.graph does on entry: the difference is the graph's pool
-            before = torch.cuda.memory_reserved(self.device)
-        try:
-            graph = torch.cuda.CUDAGraph()
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                out = self.eager(batch)  # captured, not run
-        except Exception as exc:  # any capture failure: stay eager, keep serving
-            self.off_reason = f"capture at batch {n} failed: {type(exc).__name__}: {exc}"[:400]
-            log.error("CUDA graphs off: %s", self.off_reason)
-            return
-        self.bytes += max(0, torch.cuda.memory_reserved(self.device) - before)
-        self.capture_s += time.monotonic() - t0
-        self.graphs[n] = (graph, out)
+        return self.set.run(f"batch {n}", lambda: self.eager(batch))
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "enabled": self.off_reason is None,
-            "off_reason": self.off_reason,
-            "batch_sizes": sorted(self.graphs),
-            "memory_mib": round(self.bytes / 2**20, 1),
-            "capture_s": round(self.capture_s, 2),
-            "replays": self.replays,
-        }
+        info = self.set.describe()
+        info["batch_sizes"] = sorted(int(str(k).split()[1]) for k in info.pop("keys"))
+        return info
