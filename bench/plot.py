@@ -3,7 +3,9 @@
     python bench/plot.py tests/gpu/results/2026-11-30-2xh200-cuda-graphs --out docs/img/graphs.png
 
 Reads every `*load.jsonl` of the folders given (bench/loadgen.py lines; a row is the tag without its
-`-c<clients>-part<k>` suffix; parts of one row are summed) and draws two bar charts side by side:
+`-c<clients>-part<k>` suffix; parts of one row are summed), or a `bench/runner.py report` JSON
+(`bench/results/<date>-<gpu>.json`: raw engines' ms/token at bs=1 and tok/s per batch size, served
+rows per client count; open-loop rows are left out), and draws two bar charts side by side:
 mean ITL at 1 client (lower is better) and output tok/s at the most clients measured (higher is
 better). Needs matplotlib (not in the controller's lock: `pip install matplotlib` in any venv).
 """
@@ -47,6 +49,21 @@ def rows(folders: list[Path]) -> dict[str, dict[int, dict[str, float]]]:
     return out
 
 
+def merged_rows(path: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """The same shape from a runner report: raw engines by batch size, served rows by clients."""
+    out: dict[str, dict[int, dict[str, float]]] = collections.defaultdict(dict)
+    for r in json.loads(path.read_text())["rows"]:
+        if r.get("stage") == "generate":
+            n, itl = int(r["bs"]), float(r["ms_per_token"])
+        elif r.get("stage") == "loadgen" and not r.get("rate"):
+            n, itl = int(r["concurrency"]), float(r["itl_ms_mean"])
+        else:
+            continue
+        tok_s = float(r.get("tok_per_s") or r.get("output_tok_per_s") or 0.0)
+        out[r["tag"]][n] = {"itl": itl, "tok_s": tok_s, "ok": r.get("ok", 1), "requests": r.get("requests", 1)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path)
@@ -58,7 +75,10 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = rows(a.folders)
+    data = rows([f for f in a.folders if f.is_dir()])
+    for f in a.folders:
+        if f.is_file():
+            data.update(merged_rows(f))
     names = sorted(data)
     itl = [data[n].get(1, {}).get("itl", 0.0) for n in names]
     most = [max(data[n]) for n in names]
