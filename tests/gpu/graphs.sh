@@ -6,6 +6,8 @@
 # graphs' batch sizes, memory and replays).
 #   device tool, kind nvidia-h200-x2, carry .whl:  RUNS="tp2-graphs tp2-eager" bash tests/gpu/graphs.sh
 #   then, on the warm machine:                       RUNS="tp1-graphs tp1-eager" bash tests/gpu/graphs.sh
+# tp2-nccl: graphs with every all-reduce on NCCL (--no-oneshot-allreduce), against tp2-graphs (one-shot
+# all-reduce through symmetric memory for small tensors, the default inside one host).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 R=/tmp/graphs; SHAPE=qwen2.5-7b; RUNS=${RUNS:-tp2-graphs tp2-eager tp1-graphs tp1-eager}
@@ -24,7 +26,7 @@ serve() {  # LABEL GPUS PORT [FLAG...]
   wait_ready "$port"; echo "ready in $(( $(date +%s) - t0 )) s"
   tokens "$label" "$port"; tokens_batch "$label" "$port"
   load "$label" 1 "$port"; load "$label" 64 "$port"
-  curl -s "localhost:$port/health" | python3 -c "import json,sys; h=json.load(sys.stdin); print(json.dumps({'run': '$label', 'cuda_graphs': h['engine_details'].get('cuda_graphs'), 'gemm': h['engine_details'].get('gemm'), 'kv_cache_blocks': h['engine_details'].get('kv_cache_blocks')}))" >> "$R/health.jsonl"
+  curl -s "localhost:$port/health" | python3 -c "import json,sys; h=json.load(sys.stdin); print(json.dumps({'run': '$label', 'cuda_graphs': h['engine_details'].get('cuda_graphs'), 'gemm': h['engine_details'].get('gemm'), 'allreduce': h['engine_details'].get('allreduce'), 'kv_cache_blocks': h['engine_details'].get('kv_cache_blocks')}))" >> "$R/health.jsonl"
   tail -n 5 "$R/health.jsonl"
   grep -E "CUDA graphs|Error|error" "$R/$label.log" | tail -n 5
   stop_all
@@ -33,6 +35,7 @@ for run in $RUNS; do
   case $run in
     tp2-graphs) serve "$run" 0,1 8041 ;;
     tp2-eager) serve "$run" 0,1 8042 --no-cuda-graphs ;;
+    tp2-nccl) serve "$run" 0,1 8045 --no-oneshot-allreduce ;;
     tp1-graphs) serve "$run" 0 8043 ;;
     tp1-eager) serve "$run" 0 8044 --no-cuda-graphs ;;
     *) echo "unknown run $run" ;;

@@ -58,6 +58,7 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
         tp_grain_size=cfg.tp_grain_size,
         batch_decode=cfg.batch_decode,
         cuda_graphs=cfg.cuda_graphs,
+        oneshot_allreduce=cfg.oneshot_allreduce,
         dist=info,
     )
     # rank 0 decides (one answer for all), every rank learns it through an all-gather; a refusal

@@ -34,6 +34,7 @@ from tpserve.engines.base import (
     full_linear_weight_elements,
     load_config,
 )
+from tpserve.engines.fastgen.allreduce import OneShotAllReduce, install
 from tpserve.engines.fastgen.graphs import DecodeGraphs, use_stream_gemm
 from tpserve.engines.fastgen.rope import use_fp32_rope
 from tpserve.tools.memory import ModelShape, default_max_context, fastgen_step_tokens
@@ -66,6 +67,10 @@ class FastGenSettings:
     max_context: int = 8192
     #: Replay decode steps as CUDA graphs, one per batch size (tpserve.engines.fastgen.graphs).
     cuda_graphs: bool = True
+    #: Small all-reduces one-shot through symmetric memory when every rank is on this host
+    #: (tpserve.engines.fastgen.allreduce); NCCL for the rest and across hosts.
+    oneshot_allreduce: bool = True
+    single_host: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,6 +196,7 @@ class FastGenEngine(Engine):
         # DeepSpeed's rotary kernel rounds its frequencies to fp16: long prompts drift (see fastgen_rope)
         self.rope = use_fp32_rope(self._v2_model())
         self.gemm = use_stream_gemm()  # eager and graphs alike: the same arithmetic either way
+        self.allreduce = self._fast_allreduce()
         self.graphs: DecodeGraphs | None = None
         if settings.cuda_graphs:
             model = self._v2_model()
@@ -211,6 +217,21 @@ class FastGenEngine(Engine):
             problem = check_sharding(self._report["linear_fraction"], settings.tp_size)
             if problem:
                 raise EngineError(problem)
+
+    def _fast_allreduce(self) -> dict[str, Any]:
+        """One-shot all-reduce for small tensors where it can work (before any graph is captured)."""
+        s = self.settings
+        if s.tp_size < 2:
+            return {"enabled": False, "off_reason": "TP=1: no all-reduce"}
+        if not s.single_host:
+            return {"enabled": False, "off_reason": "ranks on several hosts: NCCL"}
+        if not s.oneshot_allreduce:
+            return {"enabled": False, "off_reason": "turned off (--no-oneshot-allreduce)"}
+        model = self._v2_model()
+        self._oneshot = OneShotAllReduce(getattr(model, "_base_mp_group", None), self.device)
+        if self._oneshot.off_reason is None:
+            log.info("one-shot all-reduce %s", install(model, self._oneshot))
+        return {"how": "symmetric memory, one shot"}
 
     def _make_report(self, full_linear_elements: int) -> dict[str, Any]:
         """This rank's weight bytes; linear share = all weights minus the (replicated) embedding table.
@@ -364,6 +385,7 @@ class FastGenEngine(Engine):
             "memory_plan": self.memory.describe(),
             "rope": self.rope,
             "gemm": self.gemm,
+            "allreduce": self._oneshot.describe() if getattr(self, "_oneshot", None) else self.allreduce,
             "cuda_graphs": self.graphs.describe()
             if self.graphs
             else {"enabled": False, "off_reason": "turned off (--no-cuda-graphs)"},
@@ -384,6 +406,8 @@ def settings_from_options(options: EngineOptions) -> FastGenSettings:
         max_tracked_sequences=max(seqs, 2 * seqs),
         max_context=max_ctx,
         cuda_graphs=options.cuda_graphs,
+        oneshot_allreduce=options.oneshot_allreduce,
+        single_host=options.dist.single_host,
     )
 
 
