@@ -7,6 +7,10 @@
 # at 1 and 32 clients (128-token prompts, 128 new tokens).
 #   device tool, kind nvidia-h200-x2, carry .whl:  bash tests/gpu/across_nodes.sh
 #   N=4 on a 4-GPU host (the walkthrough's exact TP=4) runs unchanged.
+#   NETEM_MS=0.2: added one-way delay on the loopback device (tc netem), where the host allows it;
+#   every loopback packet is delayed (NCCL between the "nodes" and the HTTP client alike: ITL is a
+#   gap between chunks, so it is not shifted, TTFT is); the measured TCP round trip goes to rtt.txt.
+#   ENGINE=autotp SHAPE=qwen2.5-7b: the same harness for the other engine / model.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 N=${N:-2}; R="${OUT:-/tmp/across}"; SHAPE=${SHAPE:-qwen2.5-14b}
@@ -25,6 +29,29 @@ done
 cat "$R"/occupier*.log 2>/dev/null
 sleep 15
 export NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1 NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo
+rtt() {  # median TCP round trip over loopback (1-byte echo, 200 times), ms
+  python3 -c "
+import socket, statistics, threading, time
+srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1)
+def echo():
+    c, _ = srv.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while (b := c.recv(1)): c.sendall(b)
+threading.Thread(target=echo, daemon=True).start()
+s = socket.create_connection(srv.getsockname()); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ts = []
+for _ in range(200):
+    t = time.perf_counter(); s.sendall(b'x'); s.recv(1); ts.append((time.perf_counter() - t) * 1000)
+print(f'TCP round trip over lo: median {statistics.median(ts):.3f} ms, p90 {sorted(ts)[179]:.3f} ms')"
+}
+if [ -n "${NETEM_MS:-}" ]; then
+  if tc qdisc replace dev lo root netem delay "${NETEM_MS}ms" 2> "$R/netem.err"; then
+    echo "netem: +${NETEM_MS} ms one way on lo"; rtt | tee "$R/rtt.txt"
+  else
+    echo "netem not available on this host: $(head -c 300 "$R/netem.err")" | tee "$R/rtt.txt"; NETEM_MS=
+  fi
+else
+  rtt | tee "$R/rtt.txt"
+fi
 t0=$(date +%s)
 for ((r = 0; r < N; r++)); do
   CUDA_VISIBLE_DEVICES=$r LOCAL_RANK=0 RANK=$r WORLD_SIZE=$N LOCAL_WORLD_SIZE=1 LOCAL_SIZE=1 \
@@ -51,4 +78,5 @@ for c in 1 16 32; do
 done
 curl -s localhost:8012/metrics | grep -E '^tpserve_requests_total' | tee "$R/requests.txt"
 pkill -f "python3 -m tpserve" ; sleep 3; pkill -9 -f "python3 -m tpserve"; kill "${occ[@]}" 2>/dev/null
+[ -n "${NETEM_MS:-}" ] && tc qdisc del dev lo root 2>/dev/null
 exit 0
