@@ -60,7 +60,8 @@ def merged_rows(path: Path) -> dict[str, dict[int, dict[str, float]]]:
         else:
             continue
         tok_s = float(r.get("tok_per_s") or r.get("output_tok_per_s") or 0.0)
-        out[r["tag"]][n] = {"itl": itl, "tok_s": tok_s, "ok": r.get("ok", 1), "requests": r.get("requests", 1)}
+        ok, requests = r.get("ok", 1), r.get("requests", 1)
+        out[r["tag"]][n] = {"itl": itl, "tok_s": tok_s, "ok": ok, "requests": requests}
     return out
 
 

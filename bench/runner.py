@@ -130,8 +130,8 @@ def cmd_http(args: argparse.Namespace) -> None:
 
     args.results.mkdir(parents=True, exist_ok=True)
     env = base_env(args.results)
-    tag = f"http-{args.engine}-tp{args.tp}"
-    log_path = args.results / f"server-{args.engine}-tp{args.tp}.log"
+    tag = f"http-{args.engine}-tp{args.tp}" + (f"-{args.variant}" if args.variant else "")
+    log_path = args.results / f"server-{tag.removeprefix('http-')}.log"
     cmd = [
         *launcher(args.tp, args.port + 1),
         "--module",
@@ -309,6 +309,7 @@ def main() -> None:
             p.add_argument("--engine", default="fastgen")
             p.add_argument("--tp", type=int, default=2)
             p.add_argument("--port", type=int, default=8011)
+            p.add_argument("--variant", default="", help="suffix of the row's tag, e.g. nccl")
             p.add_argument("--start-timeout", type=float, default=300)
             p.add_argument("--server-arg", action="append", default=[])
             p.add_argument(
