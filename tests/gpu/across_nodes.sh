@@ -10,7 +10,7 @@
 #   NETEM_MS=0.2: added one-way delay on the loopback device (tc netem), where the host allows it;
 #   every loopback packet is delayed (NCCL between the "nodes" and the HTTP client alike: ITL is a
 #   gap between chunks, so it is not shifted, TTFT is); the measured TCP round trip goes to rtt.txt.
-#   ENGINE=autotp SHAPE=qwen2.5-7b: the same harness for the other engine / model.
+#   ENGINE=autotp SHAPE=qwen2.5-7b MAX_BATCH=8: the same harness for the other engine / model / batch.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 N=${N:-2}; R="${OUT:-/tmp/across}"; SHAPE=${SHAPE:-qwen2.5-14b}
@@ -56,7 +56,7 @@ t0=$(date +%s)
 for ((r = 0; r < N; r++)); do
   CUDA_VISIBLE_DEVICES=$r LOCAL_RANK=0 RANK=$r WORLD_SIZE=$N LOCAL_WORLD_SIZE=1 LOCAL_SIZE=1 \
     MASTER_ADDR=127.0.0.1 MASTER_PORT=29641 setsid python3 -m tpserve --model "$MODEL_DIR" \
-    --served-model-name m --engine "${ENGINE:-auto}" --dtype bfloat16 --port 8012 --max-batch-size 32 \
+    --served-model-name m --engine "${ENGINE:-auto}" --dtype bfloat16 --port 8012 --max-batch-size "${MAX_BATCH:-32}" \
     --max-queue 256 > "$R/node$r.log" 2>&1 &
 done
 ok=0

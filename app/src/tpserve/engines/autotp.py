@@ -77,7 +77,11 @@ class AutoTPEngine(Engine):
         else:
             self.device = torch.device("cpu")
 
+        # every slot holds the longest request the API lets through (prompt + new tokens), at most
+        # the model's context: the cache is allocated up front, so it is sized by what can come
         self._max_seq = default_max_context(self.config, options.max_seq_len)
+        if options.max_request_tokens:
+            self._max_seq = min(self._max_seq, options.max_request_tokens)
         full_attention = all(
             t == "full_attention" for t in self.config.get("layer_types") or ["full_attention"]
         )
@@ -142,7 +146,7 @@ class AutoTPEngine(Engine):
             return
         shape = ModelShape.from_config(self.config)
         tp = self.options.tp_size
-        total = torch.cuda.get_device_properties(self.device).total_memory
+        total, _ = torch.cuda.mem_get_info(self.device)  # free now: what this rank can have (as fastgen)
         plan = memory_plan(shape, tp, total, self._max_seq, self.options.max_batch_size, self._max_seq)
         need = self.options.max_batch_size * (self._max_seq + 1) * shape.kv_bytes_per_token(tp)
         if need > plan.kv_bytes:
@@ -152,7 +156,8 @@ class AutoTPEngine(Engine):
                 f"{shape.kv_bytes_per_token(tp)} B = {need / 2**30:.2f} GiB, but weights/rank "
                 f"{plan.weight_bytes / 2**30:.2f} GiB + workspace {plan.workspace_bytes / 2**30:.2f} GiB "
                 f"+ overhead {plan.overhead_bytes / 2**30:.2f} GiB leave {max(plan.kv_bytes, 0) / 2**30:.2f} "
-                f"GiB of {total / 2**30:.2f} GiB; lower --max-batch-size or --max-seq-len, or raise TP"
+                f"GiB of the {total / 2**30:.2f} GiB free; "
+                "lower --max-batch-size or --max-prompt-tokens/--max-new-tokens, or use more TP"
             )
 
     def _setup_slots(self) -> None:

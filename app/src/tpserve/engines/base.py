@@ -53,7 +53,8 @@ class EngineOptions:
     tp_size: int = 1
     device: str = "cpu"  # cpu | cuda
     max_batch_size: int = 8
-    max_seq_len: int = 0  # 0 = the model's max_position_embeddings
+    max_seq_len: int = 0  # 0 = the model's max_position_embeddings (capped: tools.memory.default_max_context)
+    max_request_tokens: int = 0  # longest prompt + most new tokens the API lets through (0: unknown)
     kv_cache_gb: float = 0.0  # fastgen: KV cache budget per GPU (0 = engine default)
     kernel_inject: bool = False  # autotp: only honoured where DeepSpeed has a policy
     tp_grain_size: int = 0  # autotp: 0 = DeepSpeed's default (64)
