@@ -8,9 +8,14 @@ the service's ranks do: the rendezvous port plus the ports gloo/NCCL open on eac
 ports, net.ipv4.ip_local_port_range). Every pair is measured one after the other: latency (median
 of small all_reduce round trips) and bandwidth (median of 3 --bytes broadcasts each way).
 
+When every master-worker pair is fine and there are two workers or more, all nodes then form ONE
+group (what the service's ranks do): gloo connects every pair of ranks in its constructor, NCCL the
+pairs its rings and trees use, so a firewall that lets workers talk to the master but not to each
+other is caught here too ("group" in the result; the master publishes "group" = 1/0 in the store).
+
 Nothing is written anywhere: the last line on stdout is one JSON object:
   {"node", "role", "ok", "stage", "error", "pairs": [{"worker", "ok", "stage", "error",
-   "latency_ms", "bw_to_worker_MBps", "bw_to_master_MBps"}]}
+   "latency_ms", "bw_to_worker_MBps", "bw_to_master_MBps"}], "group": {"ok", "size", "error"}}
 A watchdog ends the process with that line once --deadline seconds have passed since torch was
 imported, whatever the backend is stuck in (NCCL hangs rather than failing), naming the stage.
 Exit status: 0 ok, 1 a pair failed, 2 usage error.
@@ -61,6 +66,9 @@ def watchdog(deadline: float) -> None:
             pair["error"] = (
                 pair.get("error") or f"no answer within {deadline:.0f} s ({pair['stage']})"
             )
+    group = RESULT.get("group")
+    if group and group.get("ok") is None:
+        group.update(ok=False, error=f"not formed within {deadline:.0f} s")
     RESULT["error"] = (
         RESULT["error"] or f"no answer within {deadline:.0f} s (stage: {RESULT['stage']})"
     )
@@ -176,6 +184,31 @@ def main() -> None:
             bw[key] = round(big.numel() * 4 / statistics.median(runs) / 1e6, 1)
         pair.update(latency_ms=round(statistics.median(times) * 1e3, 3), **bw)
 
+    def whole_group() -> None:
+        """Every node in one group and one all_reduce; the outcome goes to RESULT["group"]."""
+        size = len(workers) + 1
+        RESULT["stage"] = f"all {size} nodes in one group"
+        RESULT["group"] = {"ok": None, "size": size, "error": None}
+        try:
+            prefix = dist.PrefixStore("all/", store)
+            if args.backend == "nccl":
+                opts = dist.ProcessGroupNCCL.Options()
+                opts._timeout = timeout
+                group = dist.ProcessGroupNCCL(prefix, args.rank, size, opts)
+            else:
+                group = dist.ProcessGroupGloo(prefix, args.rank, size, timeout)
+            probe = torch.ones(1, device=device)
+            group.allreduce([probe]).wait()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if int(probe.item()) != size:
+                raise RuntimeError(f"all_reduce of ones gave {probe.item()}, not {size}")
+            RESULT["group"]["ok"] = True
+        except Exception as exc:
+            RESULT["group"].update(
+                ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            )
+
     def run_pair(index: int, pair: dict, rank_in_pair: int) -> None:
         who = f"{args.node}<->{pair['worker']}" if rank_in_pair == 0 else f"{args.node}<->master"
         try:
@@ -232,7 +265,13 @@ def main() -> None:
                     )
             if index in groups:
                 store.set(f"done{index}", "1" if pair["ok"] else "0")
-        # workers wait for their pair's verdict before leaving; the master's store must outlive them
+        everyone = len(workers) > 1 and all(
+            p["ok"] and i in measured for i, p in enumerate(RESULT["pairs"], start=1)
+        )
+        store.set("group", "1" if everyone else "0")
+        if everyone:
+            whole_group()
+        # workers wait for their verdicts before leaving; the master's store must outlive them
         RESULT["stage"] = "waiting for the workers to finish"
         for index, pair in enumerate(RESULT["pairs"], start=1):
             if pair["ok"] and index in measured:
@@ -256,13 +295,21 @@ def main() -> None:
                     measure(groups[args.rank], pair)
                     pair["stage"] = "waiting for the master's verdict"
                     pair.update(ok=store.get(f"done{args.rank}") == b"1", stage="done")
+                    rest = datetime.timedelta(
+                        seconds=max(args.deadline - (time.monotonic() - T0), 1.0)
+                    )
+                    store.wait(["group"], rest)
+                    if store.get("group") == b"1":
+                        whole_group()
                     store.set(f"left{args.rank}", "1")
             except Exception as exc:
                 pair.update(
                     ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 )
     RESULT["stage"] = "done"
-    RESULT["ok"] = all(p["ok"] for p in RESULT["pairs"])
+    RESULT["ok"] = (
+        all(p["ok"] for p in RESULT["pairs"]) and RESULT.get("group", {}).get("ok") is not False
+    )
     RESULT["host"] = socket.gethostname()
     emit(0 if RESULT["ok"] else 1)
 
