@@ -21,6 +21,12 @@ import httpx
 import psutil
 import pytest
 
+# This checkout's sources, not whatever an editable install points at (a git worktree, a snapshot):
+# for the imports here and for every server the tests launch.
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+
 API_KEY = "test-key-123"  # passed to the server only through TPSERVE_API_KEY
 START_TIMEOUT_S = float(os.environ.get("TPSERVE_TEST_START_TIMEOUT", "300"))  # first run JIT-builds shm op
 
