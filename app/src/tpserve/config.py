@@ -82,7 +82,7 @@ class ServeConfig:
         True, "CUDA: replay decode steps as CUDA graphs, one per batch bucket (--no-cuda-graphs: eager)"
     )
     oneshot_allreduce: bool = setting(
-        True, "fastgen, TP inside one host: small all-reduces one-shot via symmetric memory (off: NCCL)"
+        True, "CUDA, TP inside one host: small all-reduces one-shot via symmetric memory (off: NCCL)"
     )
     api_key: str | None = dataclasses.field(default=None, repr=False, metadata={"cli": False})
 

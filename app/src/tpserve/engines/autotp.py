@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tpserve.engines.allreduce import OneShotAllReduce, install
 from tpserve.engines.base import (
     Engine,
     EngineError,
@@ -137,6 +138,7 @@ class AutoTPEngine(Engine):
         self._free_slots = list(range(options.max_batch_size))
         self.cache: SlotCache | None = None
         self.graphs: GraphSet | None = None
+        self.allreduce = self._fast_allreduce()
         if self._slotted:
             self._setup_slots()
 
@@ -159,6 +161,21 @@ class AutoTPEngine(Engine):
                 f"GiB of the {total / 2**30:.2f} GiB free; "
                 "lower --max-batch-size or --max-prompt-tokens/--max-new-tokens, or use more TP"
             )
+
+    def _fast_allreduce(self) -> dict[str, Any]:
+        """CUDA, TP inside one host: small all-reduces one-shot through symmetric memory."""
+        o = self.options
+        if self.device.type != "cuda" or o.tp_size < 2:
+            return {"enabled": False, "off_reason": "CPU or TP=1"}
+        if not o.dist.single_host:
+            return {"enabled": False, "off_reason": "ranks on several hosts: NCCL"}
+        if not o.oneshot_allreduce:
+            return {"enabled": False, "off_reason": "turned off (--no-oneshot-allreduce)"}
+        group = next((m.mp_group for m in self.model.modules() if getattr(m, "mp_group", None)), None)
+        self._oneshot = OneShotAllReduce(group, self.device)
+        if self._oneshot.off_reason is None:
+            log.info("one-shot all-reduce %s", install("deepspeed.module_inject.layers", self._oneshot))
+        return {"how": "symmetric memory, one shot"}
 
     def _setup_slots(self) -> None:
         cfg = self.model.config
@@ -335,6 +352,7 @@ class AutoTPEngine(Engine):
                 if self.cache is not None
                 else {"per_sequence": True}
             ),
+            "allreduce": self._oneshot.describe() if getattr(self, "_oneshot", None) else self.allreduce,
             "cuda_graphs": self.graphs.describe()
             if self.graphs is not None
             else {"enabled": False, "off_reason": "per-sequence decode (no slot cache)"},

@@ -60,7 +60,7 @@ class EngineOptions:
     tp_grain_size: int = 0  # autotp: 0 = DeepSpeed's default (64)
     batch_decode: bool = True  # autotp: slot KV cache, all decode tokens of a step in one forward
     cuda_graphs: bool = True  # fastgen and autotp: decode steps replayed as CUDA graphs
-    oneshot_allreduce: bool = True  # fastgen, TP inside one host: small all-reduces via symmetric memory
+    oneshot_allreduce: bool = True  # CUDA, TP inside one host: small all-reduces via symmetric memory
     dist: DistInfo = dataclasses.field(default_factory=DistInfo)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from tpserve.engines import support
+from tpserve.engines.allreduce import OneShotAllReduce, install
 from tpserve.engines.base import (
     Engine,
     EngineError,
@@ -34,7 +35,6 @@ from tpserve.engines.base import (
     full_linear_weight_elements,
     load_config,
 )
-from tpserve.engines.fastgen.allreduce import OneShotAllReduce, install
 from tpserve.engines.fastgen.graphs import DecodeGraphs, use_stream_gemm
 from tpserve.engines.fastgen.rope import use_fp32_rope
 from tpserve.tools.memory import ModelShape, default_max_context, fastgen_step_tokens
@@ -68,7 +68,7 @@ class FastGenSettings:
     #: Replay decode steps as CUDA graphs, one per batch size (tpserve.engines.fastgen.graphs).
     cuda_graphs: bool = True
     #: Small all-reduces one-shot through symmetric memory when every rank is on this host
-    #: (tpserve.engines.fastgen.allreduce); NCCL for the rest and across hosts.
+    #: (tpserve.engines.allreduce); NCCL for the rest and across hosts.
     oneshot_allreduce: bool = True
     single_host: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -230,7 +230,7 @@ class FastGenEngine(Engine):
         model = self._v2_model()
         self._oneshot = OneShotAllReduce(getattr(model, "_base_mp_group", None), self.device)
         if self._oneshot.off_reason is None:
-            log.info("one-shot all-reduce %s", install(model, self._oneshot))
+            log.info("one-shot all-reduce %s", install(type(model).__module__, self._oneshot))
         return {"how": "symmetric memory, one shot"}
 
     def _make_report(self, full_linear_elements: int) -> dict[str, Any]:

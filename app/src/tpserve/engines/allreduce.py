@@ -1,4 +1,7 @@
-"""Small tensor-parallel all-reduces inside one node through symmetric memory (issue 13.1).
+"""Small tensor-parallel all-reduces inside one node through symmetric memory (issue 13.1), for
+both engines: fastgen's v2 model calls ``deepspeed.comm.all_reduce``, autotp's row-parallel layers
+``deepspeed.comm.inference_all_reduce``; `install` points that module's ``dist`` at a stand-in that
+sends small tensors one-shot and everything else to DeepSpeed as before.
 
 At batch 1 a TP=2 decode step of the 7B shape does 56 all-reduces of 7 KB each (two per layer); NCCL
 spends ~15-20 us on each, a one-shot all-reduce over NVLink peer memory a few. PyTorch's symmetric
@@ -21,7 +24,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("tpserve.engines.fastgen")
+log = logging.getLogger("tpserve.engines.allreduce")
 
 
 class OneShotAllReduce:
@@ -81,7 +84,7 @@ class OneShotAllReduce:
 
 
 class _Comm:
-    """Stands in for ``deepspeed.comm`` inside one v2 model module: small all-reduces go one-shot."""
+    """Stands in for ``deepspeed.comm`` inside one module: small all-reduces go one-shot."""
 
     def __init__(self, base: Any, fast: OneShotAllReduce) -> None:
         self._base = base
@@ -92,15 +95,20 @@ class _Comm:
             return None
         return self._base.all_reduce(tensor, *args, **kwargs)
 
+    def inference_all_reduce(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not args and set(kwargs) <= {"group"} and self._fast(tensor):
+            return tensor
+        return self._base.inference_all_reduce(tensor, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._base, name)
 
 
-def install(model: Any, fast: OneShotAllReduce) -> str:
-    """Route the v2 model's ``dist.all_reduce`` calls through ``fast``; returns what was done."""
+def install(module_name: str, fast: OneShotAllReduce) -> str:
+    """Route ``dist.all_reduce`` / ``dist.inference_all_reduce`` of that module through ``fast``."""
     import sys
 
-    module = sys.modules[type(model).__module__]
+    module = sys.modules[module_name]
     base = getattr(module, "dist", None)
     if base is None or not hasattr(base, "all_reduce"):
         return f"not installed: {module.__name__} has no deepspeed.comm `dist`"

@@ -6,7 +6,7 @@ import types
 
 import torch
 
-from tpserve.engines.fastgen.allreduce import OneShotAllReduce, _Comm, install
+from tpserve.engines.allreduce import OneShotAllReduce, _Comm, install
 
 
 class Base:
@@ -20,6 +20,10 @@ class Base:
     def get_rank(self) -> int:
         return 0
 
+    def inference_all_reduce(self, tensor: torch.Tensor, *args: object, **kwargs: object) -> str:
+        self.calls.append(("inference", tensor.shape))
+        return "ds"
+
 
 def test_without_symmetric_memory_every_call_stays_on_the_base() -> None:
     fast = OneShotAllReduce(None, torch.device("cpu"))
@@ -30,7 +34,8 @@ def test_without_symmetric_memory_every_call_stays_on_the_base() -> None:
     t = torch.zeros(4, dtype=torch.float16)
     assert comm.all_reduce(t, group="g") == "nccl"
     assert comm.all_reduce(t, "op", group="g") == "nccl"  # other arguments: never ours
-    assert comm.get_rank() == 0 and len(base.calls) == 2 and fast.calls == 0
+    assert comm.inference_all_reduce(t, group="g") == "ds"  # autotp's row-parallel layers
+    assert comm.get_rank() == 0 and len(base.calls) == 3 and fast.calls == 0
 
 
 def test_install_patches_only_the_model_module() -> None:
@@ -43,9 +48,9 @@ def test_install_patches_only_the_model_module() -> None:
     sys.modules["fake_v2_model"] = module
     try:
         fast = OneShotAllReduce(None, torch.device("cpu"))
-        assert install(model_cls(), fast) == "installed in fake_v2_model"
+        assert install(model_cls().__module__, fast) == "installed in fake_v2_model"
         assert isinstance(module.dist, _Comm)
-        install(model_cls(), fast)  # twice: not wrapped twice
+        install("fake_v2_model", fast)  # twice: not wrapped twice
         assert module.dist._base is base  # type: ignore[attr-defined]
     finally:
         del sys.modules["fake_v2_model"]
