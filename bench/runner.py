@@ -188,6 +188,7 @@ def cmd_http(args: argparse.Namespace) -> None:
             before = step_counters(url)
             subprocess.run(lg, env=env, timeout=left, check=False)
             record_step_phases(args.results, tag, scen, before, step_counters(url))
+        record_health(args.results, tag, url)
     finally:
         stop_group(srv, 15)
     cmd_report(args)
@@ -209,6 +210,19 @@ def step_counters(url: str) -> dict[str, float]:
         elif line.startswith("tpserve_engine_steps_total "):
             out["steps"] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+def record_health(results: Path, tag: str, url: str) -> None:
+    """The engine's own report after the scenarios (graphs captured and replayed, all-reduce path)."""
+    import httpx
+
+    try:
+        health = httpx.get(f"{url}/health", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return
+    row = {"stage": "health", "tag": tag, "engine_details": health.get("engine_details")}
+    with open(results / "phases.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def record_step_phases(
