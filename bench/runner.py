@@ -213,7 +213,7 @@ def step_counters(url: str) -> dict[str, float]:
 
 
 def record_health(results: Path, tag: str, url: str) -> None:
-    """The engine's own report after the scenarios (graphs captured and replayed, all-reduce path)."""
+    """The engine report after the scenarios (graphs captured and replayed, all-reduce path)."""
     import httpx
 
     try:
