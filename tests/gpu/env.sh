@@ -22,4 +22,4 @@ export PYTHONPATH="$PWD/app/src:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 NCCL_N
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee "$R/gpu.txt"
 python3 -c "import torch, deepspeed, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)" | tee -a "$R/gpu.txt"
 [ -f "$MODEL_DIR/config.json" ] || { echo "== building the $SHAPE model"; timeout 400 python3 bench/phases.py save | tail -1; }
-timeout 300 python3 -m tpserve.tools.prebuild --accelerator cuda | tail -1
+[ -n "${SKIP_PREBUILD:-}" ] || timeout 300 python3 -m tpserve.tools.prebuild --accelerator cuda | tail -1  # autotp-only calls skip it
