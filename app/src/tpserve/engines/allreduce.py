@@ -12,7 +12,9 @@ CUDA graphs like NCCL is). NVLink multicast stays off (``TORCH_SYMM_MEM_DISABLE_
 one-shot algorithm does not need it.
 
 Only where it can work: CUDA, TP > 1, every rank of the group on this host (peer memory does not
-cross hosts), 16-bit tensors (fp16/bf16) up to ``max_bytes`` (prompt chunks are larger and stay on NCCL). At
+cross hosts), 16-bit tensors up to ``max_bytes`` of the dtypes the kernel takes here (checked at
+start: torch 2.11's one-shot kernel refused float16, which is what fastgen's activations are; autotp
+serves bfloat16 models in bfloat16) (prompt chunks are larger and stay on NCCL). At
 start-up the reduce is checked against NCCL on a test tensor; any failure leaves NCCL in charge
 and /health says why.
 """
@@ -29,8 +31,8 @@ log = logging.getLogger("tpserve.engines.allreduce")
 
 class OneShotAllReduce:
     def __init__(self, group: Any, device: torch.device, max_bytes: int = 1 << 20) -> None:
-        self.dtype = dtype = torch.float16  # the buffer's; bfloat16 tensors use it as a view
-        self.max_elements = max_bytes // torch.tensor([], dtype=dtype).element_size()
+        self.max_bytes = max_bytes
+        self.dtypes: list[torch.dtype] = []  # what the one-shot kernel takes here (checked, below)
         self.calls = 0
         self.off_reason: str | None = None
         try:
@@ -39,7 +41,7 @@ class OneShotAllReduce:
 
             self.group = group if group is not None else tdist.group.WORLD
             self.group_name = self.group.group_name
-            self.buffer = symm_mem.empty(self.max_elements, dtype=dtype, device=device)
+            self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
             symm_mem.rendezvous(self.buffer, self.group_name)
             self._check(tdist)
         except Exception as exc:  # any failure: NCCL stays in charge
@@ -47,23 +49,34 @@ class OneShotAllReduce:
             log.warning("one-shot all-reduce off: %s", self.off_reason)
 
     def _check(self, tdist: Any) -> None:
+        """Each 16-bit dtype once against NCCL (every rank runs the same checks in the same order;
+        torch 2.11's kernel refuses float16 before any communication, for instance)."""
         rank = tdist.get_rank(self.group)
-        probe = torch.arange(4096, device=self.buffer.device, dtype=self.dtype) * 0.001 + rank
-        expected = probe.clone()
-        tdist.all_reduce(expected, group=self.group)
-        if not self(probe):
-            raise RuntimeError("the probe was refused")
+        refused = []
+        for dtype in (torch.bfloat16, torch.float16):
+            probe = torch.arange(4096, device=self.buffer.device, dtype=dtype) * 0.001 + rank
+            expected = probe.clone()
+            tdist.all_reduce(expected, group=self.group)
+            self.dtypes.append(dtype)
+            try:
+                self(probe)
+                if not torch.allclose(probe.float(), expected.float(), rtol=1e-2, atol=1e-2):
+                    raise RuntimeError("the one-shot sum differs from NCCL's on the probe tensor")
+            except (NotImplementedError, RuntimeError) as exc:
+                self.dtypes.remove(dtype)
+                refused.append(f"{dtype}: {type(exc).__name__}: {str(exc)[:120]}")
         self.calls = 0
-        if not torch.allclose(probe, expected, rtol=1e-3, atol=1e-3):
-            raise RuntimeError("one-shot sum differs from NCCL's on the probe tensor")
+        if not self.dtypes:
+            raise RuntimeError("; ".join(refused))
+        self.refused = refused
 
     def __call__(self, tensor: torch.Tensor) -> bool:
         """Sum ``tensor`` over the group in place; False (nothing done) when it is not for us."""
         n = tensor.numel()
         if (
             self.off_reason is not None
-            or tensor.dtype not in (torch.float16, torch.bfloat16)
-            or n > self.max_elements
+            or tensor.dtype not in self.dtypes
+            or n * tensor.element_size() > self.max_bytes
             or not tensor.is_contiguous()
         ):
             return False
@@ -78,7 +91,9 @@ class OneShotAllReduce:
         return {
             "enabled": self.off_reason is None,
             "off_reason": self.off_reason,
-            "max_bytes": self.max_elements * torch.tensor([], dtype=self.dtype).element_size(),
+            "dtypes": [str(d).removeprefix("torch.") for d in self.dtypes],
+            "refused": getattr(self, "refused", []),
+            "max_bytes": self.max_bytes,
             "calls": self.calls,
         }
 
