@@ -29,12 +29,12 @@ from tpserve.engines.base import DistInfo
 class Running:
     """A real Scheduler thread (world size 1: the broadcast is a loopback) over a ScriptedEngine."""
 
-    def __init__(self, engine: fakes.ScriptedEngine, token_budget: int | None = None) -> None:
+    def __init__(
+        self, engine: fakes.ScriptedEngine, token_budget: int | None = None, decode=fakes.decode
+    ) -> None:
         self.engine = engine
         channel, batch = Channel(DistInfo()), engine.max_batch_size
-        self.sched = Scheduler(
-            engine, channel, fakes.decode, {0}, Metrics(), batch, 0.5, Watchdog(0), token_budget
-        )
+        self.sched = Scheduler(engine, channel, decode, {0}, Metrics(), batch, 0.5, Watchdog(0), token_budget)
         self.crash: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -56,6 +56,17 @@ class Running:
         while not events or not events[-1].final:
             events.append(await asyncio.wait_for(req.events.get(), 10))
         return events, req
+
+    def run_one(self, prompt: list[int], params: SamplingParams) -> tuple[list[Event], Request]:
+        return asyncio.run(self.generate(prompt, params))
+
+    def run_many(self, items: list[tuple[list[int], SamplingParams]]) -> list[tuple[list[Event], Request]]:
+        """Submitted in this order (the first is the oldest), all at once."""
+
+        async def main() -> list[tuple[list[Event], Request]]:
+            return await asyncio.gather(*(self.generate(p, sp) for p, sp in items))
+
+        return asyncio.run(main())
 
 
 @pytest.fixture

@@ -81,3 +81,26 @@ def test_a_missing_peer_times_out_with_a_reason(box_path: str) -> None:
     assert reader.receive(timeout_s=1) == [1]
     writer.send([2], timeout_s=1)
     assert reader.receive(timeout_s=1) == [2]
+
+
+def test_step_outcomes_come_back_and_rank0_waits_for_every_rank(box_path: str) -> None:
+    """Channel.agree on one host: each rank writes its outcome of the message it ran; rank 0 waits
+    for all of them (the worst wins) and times out with a reason when one never comes."""
+    writer = Mailbox(box_path, world_size=3, rank=0, capacity=CAPACITY, create=True)
+    readers = [Mailbox(box_path, world_size=3, rank=r, capacity=CAPACITY, create=False) for r in (1, 2)]
+    writer.unlink()
+    worst = []
+    for outcomes in ((0, 0), (1, 0), (0, 1)):
+        writer.send(stepwire.encode(Heartbeat()), timeout_s=1)
+        with pytest.raises(MailboxTimeout, match="rank 1 to finish message"):
+            writer.outcome(timeout_s=0.05)  # nobody ran it yet
+        for box, outcome in zip(readers, outcomes, strict=True):
+            box.receive(timeout_s=1)
+            box.report(outcome)
+        worst.append(writer.outcome(timeout_s=1))
+    assert worst == [0, 1, 1]
+    writer.send(stepwire.encode(Heartbeat()), timeout_s=1)
+    readers[0].receive(timeout_s=1)
+    readers[0].report(0)
+    with pytest.raises(MailboxTimeout, match="rank 2 to finish message 4"):
+        writer.outcome(timeout_s=0.2)

@@ -83,6 +83,9 @@ def _rank(rank: int, port: int, messages: list[Any], results: Any, timeout_s: fl
     group = tdist.new_group(backend="gloo", timeout=dt.timedelta(seconds=timeout_s))
     channel = Channel(DistInfo(rank=rank, world_size=2, local_size=2), group)
     got = [channel.broadcast(m if rank == 0 else None) for m in messages]
+    worst = channel.agree(rank)  # across hosts: one all_reduce(MAX) over the control group
+    if rank == 0:
+        results.put(("rank 0 agreed", worst))
     if rank == 1:
         results.put(got)
         t0 = time.monotonic()
@@ -104,7 +107,9 @@ def test_two_rank_gloo_broadcast_and_timeout() -> None:
     for p in procs:
         p.start()
     try:
-        got = results.get(timeout=120)
+        first, second = results.get(timeout=120), results.get(timeout=120)  # from 2 processes: any order
+        agreed, got = (first, second) if isinstance(first, tuple) else (second, first)
+        assert agreed == ("rank 0 agreed", 1)  # rank 1's outcome (1: OOM) reached rank 0
         assert got == messages
         err, waited = results.get(timeout=60)
         assert err != "no error" and timeout_s - 0.5 <= waited <= timeout_s + 30, (err, waited)

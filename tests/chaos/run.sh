@@ -27,6 +27,9 @@
 #                  stream ends with an error <= CHAOS_PARTITION_LIMIT (35 s) after the DROP, /health
 #                  answers 503 <= CHAOS_PARTITION_LIMIT; DROP removed, serving again (chat
 #                  completion) <= CHAOS_RECOVERY_LIMIT (120 s) after that.
+#   partition-idle the same DROP with nothing in flight: /health answers 503 (stall_reason: the ranks
+#                  have not answered the heartbeat) <= CHAOS_PARTITION_LIMIT, then the group exits;
+#                  DROP removed, serving again <= CHAOS_RECOVERY_LIMIT.
 #   model-quota    the last worker's model versions directory on a tmpfs with ~1 MiB free; a new
 #                  model source (model_synthetic_args --seed CHAOS_QUOTA_SEED) by site.yml --tags
 #                  model fails naming the worker and the space; every node's model symlink is
@@ -349,48 +352,70 @@ partition_rules() {
     in_netns "${VICTIM}" iptables -w "$1" OUTPUT -d "${MASTER_ADDR}" -j DROP
 }
 
-scenario_partition() {
+# partition MODE (stream | idle): a DROP between the master and VICTIM, both ways. stream: one stream of
+# 512 tokens in flight (the DROP comes after its first token); idle: nothing in flight. /health is
+# polled every 0.5 s (each answer in partition[-idle]-health.log); the DROP is removed once /health
+# said 503 and (stream) the stream ended, or (idle) /health stopped answering (rank 0 exited) or 20 s
+# passed after the 503; 90 s at most.
+partition() {
+  local mode=$1 name=partition tag=partition
+  [[ ${mode} == stream ]] || name=partition-idle tag=partition-idle
   ensure_serving
-  local started=${LOGS}/partition.started inflight t_drop t_503=timeout t_undo rec=timeout code last="" codes=() rc=0
-  local restarts0 restarts1 limit=${CHAOS_PARTITION_LIMIT:-35}
+  local started=${LOGS}/${tag}.started inflight="" t_drop t_503=timeout t_gone=none t_undo rec=timeout code last="" codes=() rc=0
+  local restarts0 restarts1 limit=${CHAOS_PARTITION_LIMIT:-35} health_log=${LOGS}/${tag}-health.log
   restarts0=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
-  rm -f "${started}" "${LOGS}/partition-health.log"
-  "${PY}" tests/chaos/inflight.py --url "${API_URL}" --model "${MODEL}" --n 1 --max-tokens 512 \
-    --timeout 150 --started "${started}" >"${LOGS}/partition-inflight.json" 2>"${LOGS}/partition-inflight.err" &
-  inflight=$!
-  for _ in $(seq 120); do [[ -f ${started} ]] && break; sleep 0.5; done
-  [[ -f ${started} ]] || {
-    row partition FAIL - "in-flight stream never started ($(tail -n 3 "${LOGS}/partition-inflight.err"))"
-    return
-  }
+  rm -f "${started}" "${health_log}"
+  if [[ ${mode} == stream ]]; then
+    "${PY}" tests/chaos/inflight.py --url "${API_URL}" --model "${MODEL}" --n 1 --max-tokens 512 \
+      --timeout 150 --started "${started}" >"${LOGS}/${tag}-inflight.json" 2>"${LOGS}/${tag}-inflight.err" &
+    inflight=$!
+    for _ in $(seq 120); do [[ -f ${started} ]] && break; sleep 0.5; done
+    [[ -f ${started} ]] || {
+      row "${name}" FAIL - "in-flight stream never started ($(tail -n 3 "${LOGS}/${tag}-inflight.err"))"
+      return
+    }
+  else
+    sleep 6 # at least one idle heartbeat (every min(5 s, heartbeat timeout / 6)) before the DROP
+  fi
   trap 'partition_rules -D 2>/dev/null || true' EXIT
   t_drop=$(date +%s.%N)
   partition_rules -I
-  say "partition: DROP between ${VICTIM} and ${MASTER} (${MASTER_ADDR}) in ${VICTIM}'s netns"
-  # Poll /health (2 s client timeout) until it said 503 and the stream ended, 90 s at most.
+  say "${name}: DROP between ${VICTIM} and ${MASTER} (${MASTER_ADDR}) in ${VICTIM}'s netns"
+  # Poll /health (2 s client timeout) until the end condition above, 90 s at most.
   while :; do
-    local now body
+    local now body at
     body=$(curl -s -w ' %{http_code}' -m 2 "${API_URL}/health" || true)
     code=${body##* }
     now=$(date +%s.%N)
-    printf '%s %s\n' "$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")" "${body:0:160}" >>"${LOGS}/partition-health.log"
-    [[ ${last} == "${code}" ]] || codes+=("${code}@$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")s")
+    at=$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")
+    printf '%s %s\n' "${at}" "${body:0:240}" >>"${health_log}"
+    [[ ${last} == "${code}" ]] || codes+=("${code}@${at}s")
     last=${code}
-    [[ ${t_503} != timeout || ${code} != 503 ]] || t_503=$("${PY}" -c "print(round(${now} - ${t_drop}, 1))")
-    if [[ ${t_503} != timeout ]] && ! kill -0 "${inflight}" 2>/dev/null; then break; fi
-    "${PY}" -c "import sys; sys.exit(0 if ${now} - ${t_drop} > 90 else 1)" && break
+    [[ ${t_503} != timeout || ${code} != 503 ]] || t_503=${at}
+    [[ ${t_503} == timeout || ${t_gone} != none || ${code} != 000 ]] || t_gone=${at}
+    if [[ ${t_503} != timeout ]]; then
+      if [[ ${mode} == stream ]]; then
+        kill -0 "${inflight}" 2>/dev/null || break
+      else
+        [[ ${t_gone} == none ]] || break
+        "${PY}" -c "import sys; sys.exit(0 if ${at} - ${t_503} > 20 else 1)" && break
+      fi
+    fi
+    "${PY}" -c "import sys; sys.exit(0 if ${at} > 90 else 1)" && break
     sleep 0.5
   done
-  wait "${inflight}" || rc=$?
+  [[ -z ${inflight} ]] || wait "${inflight}" || rc=$?
   partition_rules -D
   trap - EXIT
   t_undo=${SECONDS}
-  say "partition: DROP removed"
-  local end outcome
-  read -r outcome end < <("${PY}" -c '
+  say "${name}: DROP removed"
+  local end=- outcome=none
+  if [[ ${mode} == stream ]]; then
+    read -r outcome end < <("${PY}" -c '
 import json, sys
 r = json.load(open(sys.argv[1]))["requests"][0]
-print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/partition-inflight.json" "${t_drop}" 2>/dev/null || echo "? ?")
+print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/${tag}-inflight.json" "${t_drop}" 2>/dev/null || echo "? ?")
+  fi
   while ((SECONDS - t_undo < 300)); do
     if health_ok && chat_ok; then
       rec=$((SECONDS - t_undo))
@@ -399,14 +424,21 @@ print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/partition
     sleep 1
   done
   restarts1=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
-  local detail="stream ${outcome} ${end}s after the DROP; /health 503 after ${t_503}s (codes ${codes[*]}); serving again (health + chat) ${rec}s after the DROP was removed; master NRestarts ${restarts0}->${restarts1}"
-  if [[ ${outcome} == error && ${t_503} != timeout && ${rec} != timeout ]] &&
-    "${PY}" -c "import sys; sys.exit(0 if ${end} <= ${limit} and ${t_503} <= ${limit} and ${rec} <= ${RECOVERY_LIMIT} else 1)"; then
-    row partition PASS "${rec}" "${detail}"
+  local detail="/health 503 after ${t_503}s, no answer after ${t_gone}s (codes ${codes[*]}); serving again (health + chat) ${rec}s after the DROP was removed; master NRestarts ${restarts0}->${restarts1}"
+  [[ ${mode} != stream ]] || detail="stream ${outcome} ${end}s after the DROP; ${detail}"
+  local ok=yes
+  [[ ${t_503} != timeout && ${rec} != timeout ]] || ok=no
+  [[ ${mode} != stream || ${outcome} == error ]] || ok=no
+  [[ ${ok} == no ]] || "${PY}" -c "import sys; sys.exit(0 if ${t_503} <= ${limit} and ${rec} <= ${RECOVERY_LIMIT} and ('${end}' == '-' or float('${end}') <= ${limit}) else 1)" || ok=no
+  if [[ ${ok} == yes ]]; then
+    row "${name}" PASS "${rec}" "${detail}"
   else
-    row partition FAIL "${rec}" "${detail}"
+    row "${name}" FAIL "${rec}" "${detail}"
   fi
 }
+
+scenario_partition() { partition stream; }
+scenario_partition_idle() { partition idle; }
 
 scenario_model_quota() {
   ensure_serving
@@ -438,11 +470,11 @@ scenario_model_quota() {
 }
 
 scenarios=("$@")
-((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down partition model-quota rolling-restart replicas security)
+((${#scenarios[@]})) || scenarios=(kill-rank corrupt-model master-reboot worker-down partition partition-idle model-quota rolling-restart replicas security)
 say "lab ${INVENTORY}: master ${MASTER}, victim worker ${VICTIM}, API ${API_URL}"
 for s in "${scenarios[@]}"; do
   case ${s} in
-    kill-rank | corrupt-model | master-reboot | worker-down | partition | model-quota | rolling-restart | replicas | security) ;;
+    kill-rank | corrupt-model | master-reboot | worker-down | partition | partition-idle | model-quota | rolling-restart | replicas | security) ;;
     *) die "unknown scenario ${s}" ;;
   esac
   say "scenario ${s}"

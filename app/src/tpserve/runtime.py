@@ -76,6 +76,9 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
         raise EngineError(reason)
     t0 = time.monotonic()
     engine = engines.create(name, options)
+    from tpserve.control.ranks import TestFaultOOM
+
+    TestFaultOOM.install(engine, info.rank)  # tests only: None unless TPSERVE_TEST_FAULT_OOM is set
     report = {"rank": info.rank, "host": info.host, "local_rank": info.local_rank, **engine.weight_report()}
     reports = channel.all_gather(report)
     dist.unlink_own_shm_buffer(info)

@@ -4,7 +4,9 @@ The control channel carries the scheduler's steps from rank 0 to every rank: thr
 shared-memory mailbox when all ranks share a host (tpserve.control.mailbox), else over gloo (also on CUDA:
 one pre-sized int64 tensor per step, see tpserve.control.stepwire). Its timeout is the heartbeat timeout:
 an idle rank 0 broadcasts a no-op heartbeat every few seconds, so a rank that waits longer than
-the timeout knows a peer died.
+the timeout knows a peer died. After each step and heartbeat every rank reports its outcome
+(`Channel.agree`): rank 0 goes on only once all did, so it knows of a CUDA OOM on any rank before the
+next step, and an idle rank 0 knows when it last heard from every rank (/health).
 Any collective error is fatal (see `fatal`).
 """
 
@@ -61,6 +63,7 @@ class Channel:
         self.mailbox = mailbox
         self.timeout_s = timeout_s
         self._buf: Any = None  # the pre-sized int64 message buffer (torch imported lazily)
+        self._outcome: Any = None  # the one-int64 tensor of `agree` over gloo
 
     def broadcast(self, message: Any = None) -> Any:
         """Rank 0 sends `message`, every other rank returns it.
@@ -107,6 +110,32 @@ class Channel:
             tdist.broadcast(rest, src=0, group=self.group)
             ints += rest.tolist()
         return stepwire.decode(ints)
+
+    def agree(self, outcome: int) -> int:
+        """Every rank calls this after each Step, Heartbeat and Recover with its own outcome (0 ok,
+        1 CUDA OOM): rank 0 gets the worst of all ranks' once every rank has reported; the other
+        ranks get their own (they only follow rank 0's next message).
+
+        Ranks on one host: the mailbox's outcome slots (rank 0 polls them; no collective, ~us).
+        Otherwise one all_reduce(MAX) of one int64 over the gloo control group (one round trip). On
+        CUDA neither touches the device: the outcome is known on the host when forward() returns.
+        A rank that does not report within the control timeout raises (dead or partitioned peer)."""
+        if self.info.world_size == 1:
+            return outcome
+        box = self.mailbox
+        if box is not None:
+            if self.info.rank == 0:
+                return max(outcome, box.outcome(self.timeout_s, MAILBOX_SPIN_S))
+            box.report(outcome)
+            return outcome
+        import torch
+        import torch.distributed as tdist
+
+        if self._outcome is None:
+            self._outcome = torch.zeros(1, dtype=torch.int64)
+        self._outcome[0] = outcome
+        tdist.all_reduce(self._outcome, op=tdist.ReduceOp.MAX, group=self.group)
+        return int(self._outcome[0])
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Gather on the default group (long timeout: ranks may finish loading at different times)."""

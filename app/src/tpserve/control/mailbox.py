@@ -6,8 +6,12 @@ node) read it from shared memory instead: rank 0 writes the encoded message (tps
 bumps a sequence number; each rank polls the number, reads the message, checks its CRC and writes
 its acknowledgement; rank 0 writes the next message only once every rank has acknowledged the last.
 
-Layout (int64 slots): [seq, n, crc, 0..] (HEADER) | ack of rank r at HEADER + r | payload.
+Layout (int64 slots): [seq, n, crc, 0..] (HEADER) | ack of rank r at HEADER + r | outcome of rank r
+at HEADER + world_size + r | payload.
 n = -1 means "this message is too big or not encodable: read it from the gloo channel".
+The outcome slot is how ranks agree on a step without a collective: after running message `seq` a
+rank writes seq * OUTCOMES + its outcome (0 ok, 1 CUDA OOM); rank 0 waits until every rank wrote
+it for the message it sent last (`outcome`).
 The file lives in /dev/shm only while the ranks attach: rank 0 unlinks it once all have mapped it,
 so nothing is left behind even when a rank is SIGKILLed.
 """
@@ -24,6 +28,8 @@ from collections.abc import Callable
 
 HEADER = 8
 VIA_GLOO = -1
+#: outcome codes fit below this (seq * OUTCOMES + outcome in one int64 slot)
+OUTCOMES = 8
 
 
 class MailboxTimeout(RuntimeError):
@@ -36,7 +42,8 @@ class Mailbox:
         self.world_size = world_size
         self.rank = rank
         self.capacity = capacity
-        self._base = HEADER + world_size
+        self._done = HEADER + world_size
+        self._base = HEADER + 2 * world_size
         size = 8 * (self._base + capacity)
         if create:
             with contextlib.suppress(FileNotFoundError):
@@ -99,6 +106,27 @@ class Mailbox:
         self.seq = want
         q[HEADER + self.rank] = want
         return ints
+
+    def outcome(self, timeout_s: float, spin_s: float = 0.0) -> int:
+        """The worst outcome any other rank reported for the message sent last (waits for all)."""
+        q, worst = self._q, 0
+        for r in range(1, self.world_size):
+            slot = self._done + r
+            if q[slot] // OUTCOMES != self.seq:
+                self._wait(
+                    lambda slot=slot: q[slot] // OUTCOMES == self.seq,
+                    timeout_s,
+                    spin_s,
+                    f"rank {r} to finish message {self.seq}",
+                )
+            worst = max(worst, q[slot] % OUTCOMES)
+        return worst
+
+    # -- other ranks: after running the message read last -----------------------------------
+    def report(self, outcome: int) -> None:
+        if not 0 <= outcome < OUTCOMES:
+            raise ValueError(f"outcome {outcome} not in 0..{OUTCOMES - 1}")
+        self._q[self._done + self.rank] = self.seq * OUTCOMES + outcome
 
     # -- both --------------------------------------------------------------------------------
     @staticmethod

@@ -2,10 +2,13 @@
 
     Step(uids, chunks, release)   every rank: release, then engine.forward(uids, chunks)
     Heartbeat(release)            every rank: release; "rank 0 is alive" (no forward)
+    Recover(release)              every rank: wait for its device to finish the failed step, release
+                                  (the failed step's sequences), return cached memory (after a CUDA OOM)
     Shutdown(release)             every rank: release, then exit 0
 
 `release` lists finished sequences; every rank frees them before anything else. Encoded by
-tpserve.control.stepwire as int64s only (no pickle on the wire).
+tpserve.control.stepwire as int64s only (no pickle on the wire). After a Step, a Heartbeat and a
+Recover every rank reports its outcome (Channel.agree): rank 0 goes on only once all did.
 """
 
 from __future__ import annotations
@@ -33,8 +36,13 @@ class Heartbeat:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Recover:
+    release: Sequence[int] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Shutdown:
     release: Sequence[int] = ()
 
 
-Message = Step | Heartbeat | Shutdown
+Message = Step | Heartbeat | Recover | Shutdown

@@ -10,12 +10,12 @@ the rest follows in a second int64 broadcast of exactly total - SLOTS entries.
 
 from __future__ import annotations
 
-from tpserve.control.messages import Heartbeat, Message, Shutdown, Step
+from tpserve.control.messages import Heartbeat, Message, Recover, Shutdown, Step
 
 SLOTS = 1024  # 8 KiB: a decode step of up to 338 sequences (plus releases) fits in one broadcast
 COMPACT, CONTINUED = 1, 2
 HEADER = 5
-OPS: dict[type, int] = {Step: 1, Heartbeat: 2, Shutdown: 3}
+OPS: dict[type, int] = {Step: 1, Heartbeat: 2, Shutdown: 3, Recover: 4}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -65,6 +65,8 @@ def decode(ints: list[int]) -> Message:
         message = Heartbeat(release)
     elif op == OPS[Shutdown]:
         message = Shutdown(release)
+    elif op == OPS[Recover]:
+        message = Recover(release)
     else:
         raise ValueError(f"malformed control message: op {op}")
     if at != len(ints):

@@ -43,13 +43,20 @@ class Metrics:
         self.step_seconds = Counter(
             "tpserve_step_seconds",
             "Rank 0's engine-thread time by step phase (divide by tpserve_engine_steps for a mean): "
-            "schedule (between steps: admit, capacity check), broadcast (step message to the ranks), "
+            "schedule (between steps: admit, capacity check), broadcast (step message to the ranks, "
+            "their outcomes back), "
             "forward (engine call; on GPU it only launches the kernels), sample (waits for the GPU, "
             "picks tokens), emit (detokenise, hand the deltas to the HTTP side)",
             ["phase"],
             registry=r,
         )
         self.steps = Counter("tpserve_engine_steps", "Engine steps run", registry=r)
+        self.oom_steps = Counter(
+            "tpserve_oom_steps",
+            "Steps (forward or sampling) a CUDA out-of-memory error failed on some rank: their sequences "
+            "were recomputed with fewer per step, or the newest request ended with 503",
+            registry=r,
+        )
         self.prefill_chunks = Counter(
             "tpserve_prefill_chunks",
             "Prompt chunks sent to the engine (a prompt longer than a step's token budget takes several)",

@@ -33,7 +33,7 @@ class StepPlan:
 
 def new_tokens(req: Request) -> int:
     """Tokens this request adds to the engine in its next step (all its remaining prompt, or 1)."""
-    return 1 if req.prefilled else len(req.prompt_ids) - req.prefill_pos
+    return 1 if req.prefilled else len(req.feed) - req.prefill_pos
 
 
 def admission(active: list[Request], req: Request, fits: Fits) -> str:
@@ -43,18 +43,26 @@ def admission(active: list[Request], req: Request, fits: Fits) -> str:
     return "hold" if active else "refuse"
 
 
-def plan_step(active: list[Request], fits: Fits, token_budget: int | None) -> StepPlan:
-    """This step's sequences and chunks, after dropping what no longer fits (newest first)."""
+def plan_step(
+    active: list[Request], fits: Fits, token_budget: int | None, max_rows: int | None = None
+) -> StepPlan:
+    """This step's sequences and chunks, after dropping what no longer fits (newest first).
+
+    max_rows: at most this many sequences, the oldest (after a CUDA OOM the scheduler halves it);
+    the others wait, keeping what the engine holds of them."""
     running = list(active)
     plan = StepPlan([], [])
-    while running and not fits(running):
+    while running and not fits(running[:max_rows]):
         if len(running) > 1:
             plan.preempt.append(running.pop())
+        elif plan.preempt:  # the room of those preempted is freed with the next message: wait for it
+            running.pop()
         else:
             lone = running.pop()
-            (plan.at_capacity if lone.prefilled else plan.too_big).append(lone)
+            # a recomputed sequence (it has output) is at the cache's end, not a prompt too big
+            (plan.at_capacity if lone.prefilled or lone.output_ids else plan.too_big).append(lone)
     prefilling: list[Request] = []
-    for req in running:
+    for req in running[:max_rows]:
         if req.prefilled:
             plan.batch.append(req)
             plan.chunks.append(req.output_ids[-1:])
@@ -62,12 +70,12 @@ def plan_step(active: list[Request], fits: Fits, token_budget: int | None) -> St
             prefilling.append(req)
     room = None if token_budget is None else max(token_budget - len(plan.batch), MIN_PREFILL_CHUNK)
     for req in prefilling:
-        left = len(req.prompt_ids) - req.prefill_pos
+        left = len(req.feed) - req.prefill_pos
         take = left if room is None else min(left, room)
         if take <= 0:
             break
         plan.batch.append(req)
-        plan.chunks.append(req.prompt_ids[req.prefill_pos : req.prefill_pos + take])
+        plan.chunks.append(req.feed[req.prefill_pos : req.prefill_pos + take])
         if room is not None:
             room -= take
     return plan
@@ -80,6 +88,6 @@ def advance(plan: StepPlan) -> list[int]:
     for row, (req, chunk) in enumerate(zip(plan.batch, plan.chunks, strict=True)):
         if not req.prefilled:
             req.prefill_pos += len(chunk)
-        if req.prefill_pos == len(req.prompt_ids):
+        if req.prefill_pos == len(req.feed):
             done.append(row)
     return done

@@ -60,13 +60,24 @@ class Request:
         self._loop = loop
         # scheduler-thread state
         self.output_ids: list[int] = []
-        self.prefill_pos = 0  # prompt tokens already sent to the engine (chunked prefill)
-        self.prefilled = False  # the whole prompt is in the engine and a token was sampled
+        #: what the engine must be fed before the next token is sampled: the prompt, or after a
+        #: recompute the prompt + every token generated so far (see recompute)
+        self.feed: list[int] = prompt_ids
+        self.prefill_pos = 0  # tokens of `feed` already sent to the engine (chunked prefill)
+        self.prefilled = False  # the whole feed is in the engine and a token was sampled
         self.generator: torch.Generator | None = None
         self.stream: TextStream | None = None
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.finish_reason: str | None = None
+
+    def recompute(self) -> None:
+        """The engine lost this sequence (freed after a failed step): feed it again from its first
+        token, the prompt and what was generated so far, as one prompt; the stream goes on where it
+        was (nothing is sent twice, the sampler's generator keeps its state)."""
+        self.feed = [*self.prompt_ids, *self.output_ids]
+        self.prefill_pos = 0
+        self.prefilled = False
 
     def cancel(self) -> None:
         """Called from the HTTP side (client went away, timeout): the scheduler drops it."""

@@ -4,6 +4,13 @@ Requests arrive from the HTTP event loop through a thread-safe queue and join th
 at step boundaries (continuous batching). Each step carries, for every active sequence, its new
 tokens (the whole prompt on its first step, then the last sampled token). Finished sequences are
 released on every rank through the `release` list of the next broadcast message.
+
+After every step all ranks agree on its outcome (Channel.agree) before rank 0 samples. A CUDA OOM on
+any rank (`_out_of_memory`): no token comes out of the step, its sequences are freed on every rank
+(a Recover message) and recomputed from their tokens, the next steps carry half as many sequences
+(down to 1, growing back after OOM_RESTORE_STEPS good steps), and a single sequence that still does
+not fit ends the newest request with 503 + Retry-After. The time of the last agreement is the
+"heartbeat age" /health reports: an idle partition shows there (the heartbeat's agreement waits).
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Any
 
 import torch
 
-from tpserve.control.messages import Heartbeat, Message, Shutdown, Step
-from tpserve.control.ranks import Watchdog, execute
+from tpserve.control import ranks
+from tpserve.control.messages import Heartbeat, Message, Recover, Shutdown, Step
+from tpserve.control.ranks import Watchdog
 from tpserve.core import output, policy
 from tpserve.core.metrics import Metrics
 from tpserve.core.request import Event, Request, deliver
@@ -34,6 +42,12 @@ PHASE_FLUSH_STEPS = 16
 #: On a GPU, a step with more events than this hands them to the HTTP loop right after the NEXT
 #: step's launch (see _step): one step later, but the loop's work then overlaps the GPU's.
 DELIVER_NOW_MAX = 8
+#: good steps after which a batch cap set by a CUDA OOM doubles (until it is gone)
+OOM_RESTORE_STEPS = 32
+
+
+class GroupBroken(RuntimeError):
+    """The other ranks did not report a step's outcome: a dead or partitioned peer (fatal)."""
 
 
 class Scheduler:
@@ -74,6 +88,10 @@ class Scheduler:
         self._phase = dict.fromkeys(PHASES, 0.0)  # seconds per phase since the last flush
         self._steps_flushed = 0
         self._step_end = time.perf_counter()
+        self._contact = time.monotonic()  # the last time every rank reported (Channel.agree)
+        #: after a CUDA OOM: most sequences per step (None: no cap), and good steps since the last OOM
+        self.oom_cap: int | None = None
+        self._oom_good_steps = 0
 
     # -- called from the HTTP thread -------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -96,6 +114,11 @@ class Scheduler:
     def step_age(self) -> float:
         """Seconds the current step has been running (0 between steps): a hung peer shows here."""
         return self.watchdog.busy_for()
+
+    def heartbeat_age(self) -> float:
+        """Seconds since every rank last reported (after a step, or an idle heartbeat every
+        heartbeat_interval_s): a partitioned or dead peer shows here also while idle."""
+        return time.monotonic() - self._contact
 
     def _drain_expired(self) -> None:
         """The drain timeout passed: every request still here ends with a clean 503."""
@@ -136,17 +159,29 @@ class Scheduler:
                 continue
             self._step()
 
-    def _broadcast(self, kind: type[Message], *args: Any) -> torch.Tensor | None:
+    def _broadcast(self, kind: type[Message], *args: Any) -> tuple[torch.Tensor | None, int]:
+        """Send one message, run it here, and (but for Shutdown) wait for every rank's outcome:
+        (logits of a Step, the worst outcome of all ranks: ranks.OK or ranks.OOM)."""
         message, self._release = kind(*args, release=self._release), []
         self.watchdog.busy()
         t0 = time.perf_counter()
         msg = self.channel.broadcast(message)
         t1 = time.perf_counter()
-        logits = execute(self.engine, msg)
-        self._phase["broadcast"] += t1 - t0
-        self._phase["forward"] += time.perf_counter() - t1
+        logits, outcome = ranks.run(self.engine, msg)
+        t2 = time.perf_counter()
+        if kind is not Shutdown:
+            try:
+                outcome = self.channel.agree(outcome)
+            except Exception as exc:
+                raise GroupBroken(
+                    f"the other ranks did not report the outcome of {kind.__name__} {self.steps} "
+                    f"({type(exc).__name__}: {exc}); last heard from all {self.heartbeat_age():.1f} s ago"
+                ) from exc
+            self._contact = time.monotonic()
+        self._phase["broadcast"] += t1 - t0 + time.perf_counter() - t2
+        self._phase["forward"] += t2 - t1
         self.watchdog.idle()
-        return logits
+        return logits, outcome
 
     def _admit(self) -> None:
         while len(self.active) < self.max_batch_size:
@@ -172,8 +207,16 @@ class Scheduler:
         self.metrics.queue_depth.set(self.queue_depth())
 
     def _fits(self, batch: list[Request]) -> bool:
-        """Ask the engine (KV blocks, sequence limits) whether one step over `batch` fits."""
-        return self.engine.can_schedule([r.uid for r in batch], [policy.new_tokens(r) for r in batch])
+        """Ask the engine (KV blocks, sequence limits) whether one step over `batch` fits. A "no"
+        while finished sequences still wait for their release: release them now on every rank (a
+        heartbeat) and ask again, so a sequence is never refused or ended for room that is free."""
+        uids, lengths = [r.uid for r in batch], [policy.new_tokens(r) for r in batch]
+        if self.engine.can_schedule(uids, lengths):
+            return True
+        if not self._release:
+            return False
+        self._broadcast(Heartbeat)
+        return self.engine.can_schedule(uids, lengths)
 
     def _start(self, req: Request) -> None:
         if req.cancelled.is_set() or time.monotonic() > req.deadline:
@@ -197,7 +240,7 @@ class Scheduler:
                 self._finish(req, "timeout")
 
     def _step(self) -> None:
-        plan = policy.plan_step(self.active, self._fits, self.token_budget)
+        plan = policy.plan_step(self.active, self._fits, self.token_budget, self.oom_cap)
         for req in plan.preempt:  # decoding outgrew the KV cache: the newest sequences go (clients retry)
             self._finish(req, "error", error="KV cache exhausted; request preempted, retry")
         for req in plan.at_capacity:  # a lone sequence that outgrows the whole cache ends where it is
@@ -215,9 +258,16 @@ class Scheduler:
         t0 = time.perf_counter()
         phase = self._phase
         phase["schedule"] += t0 - self._step_end
-        logits = self._broadcast(Step, uids, chunks)
+        logits, outcome = self._broadcast(Step, uids, chunks)
         self.steps += 1
-        assert logits is not None
+        if outcome != ranks.OK or logits is None:
+            self._out_of_memory(batch)
+            return
+        if self.oom_cap is not None:
+            self._oom_good_steps += 1
+            if self._oom_good_steps >= OOM_RESTORE_STEPS:
+                self.oom_cap = self.oom_cap * 2 if self.oom_cap * 2 < self.max_batch_size else None
+                self._oom_good_steps = 0
         # Events held back from the last step go out now: the HTTP event loop streams them while this
         # thread waits for the GPU (sample_batch releases the GIL), instead of taking the GIL in the
         # middle of the next step's kernel launches.
@@ -231,7 +281,12 @@ class Scheduler:
         rows = logits
         if len(done) != len(batch):
             rows = logits[torch.tensor(done, dtype=torch.long, device=logits.device)]
-        tokens = sample_batch(rows, [r.params for r in sampled], [r.generator for r in sampled])
+        try:
+            tokens = sample_batch(rows, [r.params for r in sampled], [r.generator for r in sampled])
+        except torch.cuda.OutOfMemoryError:  # after the forward: the engines advanced, the tokens are lost
+            log.warning("step %d: CUDA out of memory while sampling %d row(s)", self.steps, len(sampled))
+            self._out_of_memory(batch)
+            return
         t2 = time.perf_counter()
         now = time.monotonic()
         for req, token in zip(sampled, tokens, strict=True):
@@ -257,6 +312,40 @@ class Scheduler:
         phase["emit"] += self._step_end - t2
         if self.steps % PHASE_FLUSH_STEPS == 0:
             self._flush_phases()
+
+    def _out_of_memory(self, batch: list[Request]) -> None:
+        """A CUDA OOM on some rank in the last step (all ranks agreed on it): no token came out.
+
+        Every rank's state of the step's sequences is unknown now (autotp advances them one by one,
+        fastgen registers new ones before its forward, a rank may have finished where another failed),
+        so ALL of them, not only the step's new ones, are freed on every rank (a Recover: device
+        synchronised, sequences released, CUDA cache emptied) and recomputed from their tokens: a
+        decoding stream goes on where it was. The next steps carry half as many sequences (the
+        oldest; down to 1); when a step of ONE sequence runs out of memory, the newest request ends
+        with 503 + Retry-After (the oldest keep their place; it frees what the engine held of it).
+        """
+        self.metrics.oom_steps.inc()
+        self._oom_good_steps = 0
+        for req in batch:
+            if req.uid not in self._release:
+                self._release.append(req.uid)
+            req.recompute()
+        if len(batch) > 1:
+            self.oom_cap = len(batch) // 2
+            log.warning(
+                "step %d: CUDA out of memory with %d sequences: freed, recomputed, at most %d per step",
+                self.steps, len(batch), self.oom_cap,
+            )  # fmt: skip
+        elif self.active:
+            victim = self.active[-1]
+            self.oom_cap = 1
+            log.warning(
+                "step %d: CUDA out of memory with one sequence: request %d (the newest of %d) ends with 503",
+                self.steps, victim.uid, len(self.active),
+            )  # fmt: skip
+            self._finish(victim, "error", error="out of GPU memory; retry later")
+        self._broadcast(Recover)
+        self._deliver()
 
     def _flush_phases(self) -> None:
         """Add the phase times to the Prometheus counters (every few steps: inc() takes a lock)."""

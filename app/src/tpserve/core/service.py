@@ -139,14 +139,24 @@ class Service:
     def health(self) -> dict[str, Any]:
         sched = self.scheduler
         step_age = sched.step_age() if sched else 0.0
-        status = self.status
-        if status == "ok" and step_age > self.config.stall_timeout_s:
-            status = "stalled"  # a step that never ends: a hung or partitioned peer
+        heard = sched.heartbeat_age() if sched else 0.0
+        status, stall = self.status, self.config.stall_timeout_s
+        reason = None
+        # idle, the ranks are asked every heartbeat interval: an age below two of them is no news
+        if status == "ok" and (step_age > stall or heard > max(stall, 2 * self.config.heartbeat_interval_s)):
+            status = "stalled"  # a step that never ends, or an idle heartbeat nobody answers
+            reason = (
+                f"a step has been running for {step_age:.0f} s (a hung or partitioned peer)"
+                if step_age > stall
+                else f"the other ranks have not answered for {heard:.0f} s (a partitioned or dead peer)"
+            )
         return {
             "status": status,
             "rank": 0,
+            "stall_reason": reason,
             "step_age_sec": round(step_age, 3),
-            "stall_timeout_sec": self.config.stall_timeout_s,
+            "heartbeat_age_sec": round(heard, 3),
+            "stall_timeout_sec": stall,
             "model": self.config.served_model_name,
             "model_dir": self.config.model_dir,
             "synthetic_model": self.synthetic,
@@ -164,6 +174,7 @@ class Service:
             "queue_depth": sched.queue_depth() if sched else 0,
             "in_flight": sched.in_flight() if sched else 0,
             "steps": sched.steps if sched else 0,
+            "oom_batch_cap": sched.oom_cap if sched else None,  # sequences per step since a CUDA OOM
             "host": socket.gethostname(),
             "uptime_sec": round(time.time() - self.started, 1),
             "version": __version__,

@@ -339,6 +339,8 @@ class FastGenEngine(Engine):
                 f"KV cache full: this step needs {need} more blocks, {free} are free; "
                 "raise --kv-cache-gb or lower --max-batch-size"
             )
+        for uid in uids:  # DeepSpeed tracks a new uid from here on, even if its forward fails: so must
+            self._lengths.setdefault(uid, 0)  # release(), or a request failed after a CUDA OOM leaks it
         logits = self._engine.put(uids, tokens, do_checks=False)
         for uid, t in zip(uids, tokens, strict=True):
             self._lengths[uid] = self._lengths.get(uid, 0) + t.numel()
