@@ -22,6 +22,11 @@ processes on loopback (what rank 0 pays per step before any rank can start its f
     git archive 91df1ac app/src | tar -x -C /tmp/before          # the code before the changes:
     TPSERVE_SRC=/tmp/before/app/src .venv/bin/python bench/serving_overhead.py --label before --save
 
+--frontend-process: the same, with the front end in this process (Service + CoreClient + the app)
+and the engine core in a spawned one (CoreServer + Scheduler over the same replay engine), linked by
+the real ZeroMQ IPC sockets as rank 0 runs them; sched µs/tok is then the core process's loop thread
+(no detokenization there), loop µs/tok this process's event loop (detokenization moved here).
+
 Every streamed text is checked against the tokenizer's full decode of the replayed tokens.
 """
 
@@ -149,6 +154,121 @@ def run_setting(tok: Any, streams: int, tokens: int) -> dict[str, float]:
     }
 
 
+def _core_process(scripts: dict[int, list[int]], max_batch: int, tokens: int, out: Any) -> None:
+    """The engine core of --frontend-process: CoreServer + a Scheduler (no detokenizer) in this
+    spawned process's main thread; reports the loop thread's CPU when the front end drains it."""
+    from tpserve.core.coreproc import CoreServer
+    from tpserve.core.metrics import Metrics
+
+    torch.set_num_threads(1)
+    engine = ReplayEngine(scripts, max_batch=max_batch)
+    with tempfile.TemporaryDirectory() as model_dir:
+        cfg = _config(model_dir, engine.max_batch_size, tokens)
+        metrics = Metrics()
+        core = CoreServer(cfg, metrics, 1)
+        sched = Scheduler(
+            engine, Channel(DistInfo()), None, (), metrics, engine.max_batch_size, 5.0, Watchdog(0),
+            None, core.deliver,
+        )  # fmt: skip
+        core.attach(sched)
+        out.put((str(core.core_path), str(core.frontend_path), str(core.dir), os.getpid()))
+        core.start_io()
+        core.ready("replay", "benchmark", [])
+        c0 = time.thread_time()
+        sched.run()
+        cpu = time.thread_time() - c0
+        core.stopped()
+        out.put({"sched": cpu, "engine": engine.cpu_s, "steps": sched.steps})
+        time.sleep(1.0)  # Stopped on its way before the sockets go
+
+
+def _config(model_dir: str, max_batch: int, tokens: int) -> ServeConfig:
+    return ServeConfig(
+        model_dir=model_dir,
+        served_model_name="bench",
+        max_batch_size=max_batch,
+        max_new_tokens=tokens,
+        max_queue=10_000,
+        request_timeout_s=600.0,
+    )
+
+
+def run_setting_split(tok: Any, streams: int, tokens: int) -> dict[str, float]:
+    """run_setting with the engine core in its own process (--frontend-process)."""
+    import multiprocessing as mp
+
+    from tpserve.frontend.core_client import CoreClient
+
+    scripts = token_scripts(tok, streams, tokens)
+    markers = list(range(10, 10 + streams))
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    core = ctx.Process(
+        target=_core_process,
+        args=(dict(zip(markers, scripts, strict=True)), max(64, streams), tokens, out),
+    )
+    core.start()
+    core_path, frontend_path, directory, core_pid = out.get(timeout=120)
+
+    class BenchService(Service):
+        def load_tokenizer(self) -> None:
+            self.tokenizer, self.eos_ids = tok, {int(tok.eos_token_id)}
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        service = BenchService(_config(model_dir, max(64, streams), tokens), world_size=1)
+
+        async def main() -> tuple[list[str], float, float]:
+            import httpx
+
+            client = CoreClient(service, core_path, frontend_path, directory, core_pid)
+            service.core_metrics = client.core_metrics
+            reader = asyncio.create_task(client.run())
+            while service.status != "ok":
+                await asyncio.sleep(0.01)
+            app = build_app(service)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+                t0, c0 = time.perf_counter(), time.thread_time()
+                texts = await asyncio.gather(*(_one(http, m, tokens) for m in markers))
+                wall, loop_cpu = time.perf_counter() - t0, time.thread_time() - c0
+            service.begin_drain()
+            await reader
+            client.close()
+            return texts, wall, loop_cpu
+
+        texts, wall, loop_cpu = asyncio.run(main())
+    res = out.get(timeout=60)
+    core.join(30)
+    for text, script in zip(texts, scripts, strict=True):
+        expected = tok.decode(script, skip_special_tokens=True)
+        assert text == expected, f"streamed text != full decode:\n{text!r}\n{expected!r}"
+    n = streams * tokens
+    return {
+        "wall_us_per_token": 1e6 * wall / n,
+        "sched_cpu_us_per_token": 1e6 * (res["sched"] - res["engine"]) / n,
+        "loop_cpu_us_per_token": 1e6 * loop_cpu / n,
+        "step_ms": 1e3 * wall / max(res["steps"], 1),
+        "steps": res["steps"],
+    }
+
+
+async def _one(client: Any, marker: int, tokens: int) -> str:
+    body = {
+        "model": "bench",
+        "prompt": [marker],
+        "max_tokens": tokens,
+        "stream": True,
+        "temperature": 0,
+    }
+    resp = await client.post("/v1/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    text = []
+    for line in resp.text.split("\n\n"):
+        if line.startswith("data: {"):
+            text.append(json.loads(line[6:])["choices"][0]["text"])
+    return "".join(text)
+
+
 def textstream_cost(tok: Any, length: int, reps: int) -> float:
     """µs per TextStream.add over one stream of `length` tokens (median of reps)."""
     ids = token_scripts(tok, 1, length)[0]
@@ -222,7 +342,9 @@ def channel_cost(counts: list[int], iters: int = 400) -> dict[str, Any]:
     return {"rank0": res[0], "rank1": res[1]}
 
 
-def measure(reps: int, tokens: int, stream_counts: list[int]) -> dict[str, Any]:
+def measure(
+    reps: int, tokens: int, stream_counts: list[int], split: bool = False
+) -> dict[str, Any]:
     torch.set_num_threads(1)  # idle OpenMP workers spinning on a busy host would swamp the numbers
     tok = build_tokenizer(VOCAB)
     out: dict[str, Any] = {"serving": {}, "textstream_us_per_add": {}}
@@ -230,8 +352,9 @@ def measure(reps: int, tokens: int, stream_counts: list[int]) -> dict[str, Any]:
         out["textstream_us_per_add"][str(length)] = round(textstream_cost(tok, length, reps), 2)
     out["channel"] = channel_cost(stream_counts)
     print(f"  channel: {out['channel']}", file=sys.stderr)
+    setting = run_setting_split if split else run_setting
     for n in stream_counts:
-        runs = [run_setting(tok, n, tokens) for _ in range(reps)]
+        runs = [setting(tok, n, tokens) for _ in range(reps)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         out["serving"][str(n)] = {k: round(v, 3) for k, v in med.items()}
         print(f"  {n:3d} streams: {out['serving'][str(n)]}", file=sys.stderr)
@@ -277,13 +400,20 @@ def main(argv: list[str] | None = None) -> int:
     where = RESULTS.relative_to(ROOT)
     ap.add_argument("--save", action="store_true", help=f"store under --label in {where}")
     ap.add_argument("--show", action="store_true", help="only print the saved table")
+    ap.add_argument(
+        "--frontend-process",
+        action="store_true",
+        help="the engine core in its own process (ZeroMQ link)",
+    )
     args = ap.parse_args(argv)
     saved: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.show:
         print(table(saved.get("results", {})))
         return 0
     t0 = time.time()
-    res = measure(args.reps, args.tokens, [int(s) for s in args.streams.split(",")])
+    res = measure(
+        args.reps, args.tokens, [int(s) for s in args.streams.split(",")], args.frontend_process
+    )
     res["meta"] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
         "host": platform.node(),
@@ -291,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": round(os.getloadavg()[0], 1),  # a busy host inflates the wall numbers
         "reps": args.reps,
         "tokens": args.tokens,
+        "frontend_process": args.frontend_process,
     }
     if args.save:
         saved.setdefault("results", {})[args.label] = res

@@ -84,6 +84,12 @@ class ServeConfig:
     oneshot_allreduce: bool = setting(
         True, "CUDA, TP inside one host: small all-reduces one-shot via symmetric memory (off: NCCL)"
     )
+    frontend_process: bool = setting(
+        True,
+        "rank 0: HTTP, tokenization, detokenization and SSE in a child process of their own, linked to the "
+        "engine loop by ZeroMQ IPC (the loop keeps its interpreter's GIL); --no-frontend-process: all in "
+        "rank 0's process (uvicorn in its main thread, the loop in a thread)",
+    )
     api_key: str | None = dataclasses.field(default=None, repr=False, metadata={"cli": False})
 
     @property

@@ -10,11 +10,17 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from tpserve.config import ServeConfig
 from tpserve.control import dist
 from tpserve.engines.base import DistInfo, EngineError, EngineOptions
+
+if TYPE_CHECKING:
+    from tpserve.core.metrics import Metrics
+    from tpserve.core.request import Event, Request
+    from tpserve.core.scheduler import Scheduler
 
 log = logging.getLogger("tpserve.runtime")
 
@@ -119,9 +125,48 @@ def _follow_rank0_on_sigterm(rank: int, drain_timeout_s: float) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
-def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
+def build_scheduler(
+    cfg: ServeConfig,
+    info: DistInfo,
+    metrics: Metrics,
+    decode: Callable[[list[int]], str] | None,
+    eos_ids: Iterable[int],
+    sink: Callable[[list[tuple[Request, Event]]], None] | None = None,
+) -> tuple[Scheduler, str, str, list[dict[str, Any]]]:
+    """Rank 0: bring the group up and build the step loop over its engine (both front end modes)."""
     from tpserve.control.ranks import Watchdog
+    from tpserve.core.request import deliver
     from tpserve.core.scheduler import Scheduler
+
+    t0 = time.monotonic()
+    engine, channel, name, reason, reports = bring_up(cfg, info)
+    metrics.load_seconds.set(time.monotonic() - t0)
+    if resolve_device(cfg.device) == "cuda":
+        problem = metrics.enable_gpu()
+        if problem:
+            log.warning("%s", problem)
+    scheduler = Scheduler(
+        engine,
+        channel,
+        decode,
+        eos_ids,
+        metrics,
+        cfg.max_batch_size,
+        cfg.heartbeat_interval_s,
+        Watchdog(cfg.step_timeout_s),
+        cfg.max_batch_tokens or None,
+        sink or deliver,
+    )
+    return scheduler, name, reason, reports
+
+
+def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
+    """Rank 0: the engine loop, and the HTTP front end in its own process (tpserve.core.coreproc)
+    or, with --no-frontend-process, in this one (uvicorn in the main thread, the loop in a thread)."""
+    if cfg.frontend_process:
+        from tpserve.core.coreproc import run_core
+
+        return run_core(cfg, info)
     from tpserve.core.service import Service
     from tpserve.frontend import build_app
     from tpserve.frontend.server import serve_http
@@ -131,26 +176,10 @@ def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
     def engine_thread() -> None:
         try:
             service.load_tokenizer()  # before the ranks sync: after it they wait on the heartbeat clock
-            t0 = time.monotonic()
-            engine, channel, name, reason, reports = bring_up(cfg, info)
-            service.metrics.load_seconds.set(time.monotonic() - t0)
-            if resolve_device(cfg.device) == "cuda":
-                problem = service.metrics.enable_gpu()
-                if problem:
-                    log.warning("%s", problem)
-            watchdog = Watchdog(cfg.step_timeout_s)
-            scheduler = Scheduler(
-                engine,
-                channel,
-                service.decode,
-                service.eos_ids,
-                service.metrics,
-                cfg.max_batch_size,
-                cfg.heartbeat_interval_s,
-                watchdog,
-                cfg.max_batch_tokens or None,
+            scheduler, name, reason, reports = build_scheduler(
+                cfg, info, service.metrics, service.decode, service.eos_ids
             )
-            service.ready(scheduler, name, reason, engine.describe(), reports)
+            service.ready(scheduler, name, reason, scheduler.describe(), reports)
             log.info(
                 "serving %s with %s (%s) on %d rank(s)", cfg.served_model_name, name, reason, len(reports)
             )

@@ -9,5 +9,7 @@
 | `textstream` | incremental detokenization (a small decode window, O(1) per token) |
 | `sampling` | temperature / top-p / top-k / seeds, per request |
 | `metrics` | Prometheus series |
-| `service` | what the front end sees: status, tokenizer, the scheduler, /health |
+| `service` | what the front end sees: status, tokenizer, the scheduler (or its `Backend` stand-in), /health |
+| `ipc` | the typed front end <-> engine core messages and their one codec (msgpack, no pickle) |
+| `coreproc` | rank 0 as the engine core: starts the front end process, the I/O thread, the step sink |
 """

@@ -1,15 +1,21 @@
-"""Prometheus metrics (own registry; served at GET /metrics on rank 0)."""
+"""Prometheus metrics (own registry; served at GET /metrics on rank 0).
+
+With the front end in its own process (tpserve.frontend.process) both processes hold a `Metrics`:
+the front end serves the series it observes (FRONTEND_SERIES) from its own and every other one
+from the engine core's, which renders them on request (tpserve.core.coreproc). One owner each."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: The families the HTTP side observes (app counting, Service.new_request, Service.events).
+FRONTEND_SERIES = frozenset({"tpserve_requests", "tpserve_prompt_tokens", "tpserve_requests_in_flight"})
 
 
 class Metrics:
@@ -46,7 +52,8 @@ class Metrics:
             "schedule (between steps: admit, capacity check), broadcast (step message to the ranks, "
             "their outcomes back), "
             "forward (engine call; on GPU it only launches the kernels), sample (waits for the GPU, "
-            "picks tokens), emit (detokenise, hand the deltas to the HTTP side)",
+            "picks tokens), emit (detokenise (in-process front end), hand the step's deltas or token ids "
+            "to the HTTP side)",
             ["phase"],
             registry=r,
         )
@@ -99,8 +106,23 @@ class Metrics:
         self.registry.register(GpuCollector(pynvml))
         return None
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, series: Literal["all", "frontend", "core"] = "all") -> bytes:
+        """The exposition text: every family, or only the front end's / all but the front end's."""
+        if series == "all":
+            return generate_latest(self.registry)
+        return generate_latest(_Select(self.registry, keep_frontend=series == "frontend"))  # type: ignore[arg-type]
+
+
+class _Select:
+    """A registry view: the FRONTEND_SERIES families only, or every family but those."""
+
+    def __init__(self, registry: CollectorRegistry, keep_frontend: bool) -> None:
+        self.registry, self.keep_frontend = registry, keep_frontend
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            if (family.name in FRONTEND_SERIES) == self.keep_frontend:
+                yield family
 
 
 class GpuCollector:

@@ -7,15 +7,22 @@ from collections.abc import Iterable
 from tpserve.core.request import Event, Request
 
 
-def on_token(req: Request, token: int, eos_ids: Iterable[int], max_seq_len: int) -> tuple[str, str | None]:
-    """Append `token`; return (text delta to stream, finish reason: "stop" | "length" | None)."""
+def on_token(
+    req: Request, token: int, eos_ids: Iterable[int], max_seq_len: int
+) -> tuple[str | None, str | None]:
+    """Append `token`; return (text delta to stream, finish reason: "stop" | "length" | None).
+
+    The delta is None for a token that is not text (the EOS that ends the request). A request
+    without a TextStream (the engine core process: the front end detokenizes and matches stop
+    strings) gets "" for every other token: its id travels, its text is made in the front end."""
     req.output_ids.append(token)
-    assert req.stream is not None
     if token in eos_ids and not req.params.ignore_eos:
-        return "", "stop"
-    delta = req.stream.add(token)
-    if req.stream.stopped:
-        return delta, "stop"
+        return None, "stop"
+    delta = ""
+    if req.stream is not None:
+        delta = req.stream.add(token)
+        if req.stream.stopped:
+            return delta, "stop"
     if (
         len(req.output_ids) >= req.params.max_new_tokens
         or len(req.prompt_ids) + len(req.output_ids) >= max_seq_len

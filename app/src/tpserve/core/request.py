@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -46,18 +47,24 @@ class Request:
         prompt_ids: list[int],
         params: SamplingParams,
         timeout_s: float,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         endpoint: str = "",
+        uid: int | None = None,
+        created: float | None = None,
     ) -> None:
-        self.uid = next(_uids)
+        """`uid`, `created`: given by the front end process (its id, its time.monotonic(): one
+        CLOCK_MONOTONIC per host) when this is the engine core's copy; `loop`: None there."""
+        self.uid = next(_uids) if uid is None else uid
         self.prompt_ids = prompt_ids
         self.params = params
         self.endpoint = endpoint
-        self.created = time.monotonic()
+        self.created = time.monotonic() if created is None else created
         self.deadline = self.created + timeout_s
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self._loop = loop
+        #: the front end process: tells the engine core (a Cancel message)
+        self.on_cancel: Callable[[Request], None] | None = None
         # scheduler-thread state
         self.output_ids: list[int] = []
         #: what the engine must be fed before the next token is sampled: the prompt, or after a
@@ -81,7 +88,11 @@ class Request:
 
     def cancel(self) -> None:
         """Called from the HTTP side (client went away, timeout): the scheduler drops it."""
+        if self.cancelled.is_set():
+            return
         self.cancelled.set()
+        if self.on_cancel is not None:
+            self.on_cancel(self)
 
     def push(self, event: Event) -> None:
         """Deliver one event now (one event-loop wake-up); the scheduler batches via deliver()."""
@@ -98,7 +109,9 @@ def deliver(batch: list[tuple[Request, Event]]) -> None:
     """One `call_soon_threadsafe` per event loop for a whole batch of events (in order)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Event]]] = {}
     for item in batch:
-        by_loop.setdefault(item[0]._loop, []).append(item)
+        loop = item[0]._loop
+        assert loop is not None, "a request of the engine core process has no event loop"
+        by_loop.setdefault(loop, []).append(item)
     for loop, items in by_loop.items():
         try:
             loop.call_soon_threadsafe(_put_all, items)

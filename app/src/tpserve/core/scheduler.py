@@ -1,6 +1,7 @@
 """Rank 0's scheduler thread: builds each step, broadcasts it, samples, streams tokens back.
 
-Requests arrive from the HTTP event loop through a thread-safe queue and join the running batch
+Requests arrive from the HTTP event loop (or, with the front end in its own process, from
+tpserve.core.coreproc's receiving thread) through a thread-safe queue and join the running batch
 at step boundaries (continuous batching). Each step carries, for every active sequence, its new
 tokens (the whole prompt on its first step, then the last sampled token). Finished sequences are
 released on every rank through the `release` list of the next broadcast message.
@@ -11,11 +12,15 @@ any rank (`_out_of_memory`): no token comes out of the step, its sequences are f
 (down to 1, growing back after OOM_RESTORE_STEPS good steps), and a single sequence that still does
 not fit ends the newest request with 503 + Retry-After. The time of the last agreement is the
 "heartbeat age" /health reports: an idle partition shows there (the heartbeat's agreement waits).
+
+A step's events go out together through `sink`: the event loop's queues (in-process) or ONE
+message to the front end process (tpserve.core.coreproc), which then detokenizes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -55,14 +60,17 @@ class Scheduler:
         self,
         engine: Engine,
         channel: Any,
-        decode: Callable[[list[int]], str],
+        decode: Callable[[list[int]], str] | None,
         eos_ids: Iterable[int],
         metrics: Metrics,
         max_batch_size: int,
         heartbeat_interval_s: float,
         watchdog: Watchdog,
         token_budget: int | None = None,
+        sink: Callable[[list[tuple[Request, Event]]], None] = deliver,
     ) -> None:
+        """`decode` None: no detokenization here (the front end process does it and matches the
+        stop strings; events then carry token ids only). `sink` gets each step's events."""
         self.engine = engine
         if engine.kv_blocks() is not None:
             metrics.register_kv()
@@ -70,6 +78,7 @@ class Scheduler:
         self.token_budget = token_budget if token_budget else engine.step_token_budget
         self.channel = channel
         self.decode = decode
+        self.sink = sink
         self.eos_ids = frozenset(eos_ids)
         self.metrics = metrics
         self.max_batch_size = min(max_batch_size, engine.max_batch_size)
@@ -119,6 +128,15 @@ class Scheduler:
         """Seconds since every rank last reported (after a step, or an idle heartbeat every
         heartbeat_interval_s): a partitioned or dead peer shows here also while idle."""
         return time.monotonic() - self._contact
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's live facts for /health (fastgen: free KV blocks, CUDA graphs so far)."""
+        return self.engine.describe()
+
+    @property
+    def pid(self) -> int:
+        """The process that runs the engine loop (/health's engine_pid)."""
+        return os.getpid()
 
     def _drain_expired(self) -> None:
         """The drain timeout passed: every request still here ends with a clean 503."""
@@ -224,7 +242,8 @@ class Scheduler:
             return
         try:
             req.generator = make_generator(req.params, getattr(self.engine, "device", "cpu"))
-            req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
+            if self.decode is not None:
+                req.stream = TextStream(self.decode, req.params.stop, self._single_decode)
         except Exception as exc:  # a bad value of this request must not stop the engine thread
             log.warning("request %d refused at start: %s: %s", req.uid, type(exc).__name__, exc)
             self._finish(req, "error", release=False, error=f"bad request ({exc})", kind="internal")
@@ -362,7 +381,7 @@ class Scheduler:
     def _deliver(self) -> None:
         if self._outbox:
             batch, self._outbox = self._outbox, []
-            deliver(batch)
+            self.sink(batch)
 
     def _on_token(self, req: Request, token: int, now: float) -> None:
         if req.first_token_at is None:
@@ -372,7 +391,7 @@ class Scheduler:
             self.metrics.itl.observe(now - (req.last_token_at or now))
         req.last_token_at = now
         delta, finish = output.on_token(req, token, self.eos_ids, self.engine.max_seq_len)
-        if delta:
+        if delta or (delta is not None and req.stream is None):
             self._outbox.append((req, Event(text=delta, token_id=token)))
         if finish:
             self._finish(req, finish)

@@ -1,24 +1,50 @@
 """Rank 0's view of the model service: state for /health, tokenizer, and request submission.
 
-The HTTP layer talks to this object only; it never sees an engine.
+The HTTP layer talks to this object only; it never sees an engine. Behind it is a `Backend`: the
+step loop itself (tpserve.core.scheduler, --no-frontend-process) or, in the front end process, the
+client of the engine core process (tpserve.frontend.core_client) with the same calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tpserve import __version__
 from tpserve.config import ServeConfig
 from tpserve.core.metrics import Metrics
 from tpserve.core.request import Event, Request
 from tpserve.core.sampling import SamplingParams
-from tpserve.core.scheduler import Scheduler
+
+
+class Backend(Protocol):
+    """What the service needs from the engine loop (tpserve.core.scheduler.Scheduler or, across
+    the process boundary, tpserve.frontend.core_client.CoreClient)."""
+
+    steps: int
+    stopped: threading.Event
+
+    @property
+    def pid(self) -> int: ...
+
+    def submit(self, req: Request) -> None: ...
+
+    def queue_depth(self) -> int: ...
+
+    def in_flight(self) -> int: ...
+
+    def step_age(self) -> float: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def request_shutdown(self, drain_timeout_s: float = ...) -> None: ...
 
 
 class Service:
@@ -33,7 +59,9 @@ class Service:
         self.engine_info: dict[str, Any] = {}
         self.ranks: list[dict[str, Any]] = []
         self.tokenizer: Any = None
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Backend | None = None
+        #: the front end process: the engine core's /metrics series (tpserve.frontend.core_client)
+        self.core_metrics: Callable[[], Awaitable[bytes]] | None = None
         self.max_seq_len = 0
         self.eos_ids: set[int] = set()
         self.synthetic = self._is_synthetic(config.model_dir)
@@ -68,7 +96,7 @@ class Service:
 
     def ready(
         self,
-        scheduler: Scheduler,
+        scheduler: Backend,
         engine_name: str,
         reason: str,
         info: dict[str, Any],
@@ -135,6 +163,14 @@ class Service:
             req.cancel()  # no-op when finished; frees the sequence when the client went away
             self.metrics.in_flight.dec()
 
+    # -- /metrics --------------------------------------------------------------------------
+    async def metrics_text(self) -> bytes:
+        """Every series; in the front end process its own ones plus the engine core's."""
+        self.metrics.queue_depth.set(self.queue_depth())
+        if self.core_metrics is None:
+            return self.metrics.render()
+        return self.metrics.render("frontend") + await self.core_metrics()
+
     # -- /health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         sched = self.scheduler
@@ -169,12 +205,16 @@ class Service:
             "max_seq_len": self.max_seq_len,
             "max_batch_size": self.config.max_batch_size,
             # live (fastgen: free KV blocks, the CUDA graphs captured so far); cheap reads of rank 0's engine
-            "engine_details": sched.engine.describe() if sched else self.engine_info,
+            "engine_details": sched.describe() if sched else self.engine_info,
             "ranks": self.ranks,
             "queue_depth": sched.queue_depth() if sched else 0,
             "in_flight": sched.in_flight() if sched else 0,
             "steps": sched.steps if sched else 0,
             "oom_batch_cap": sched.oom_cap if sched else None,  # sequences per step since a CUDA OOM
+            # the HTTP handler's process and the engine loop's: different with --frontend-process
+            "frontend_process": self.config.frontend_process,
+            "frontend_pid": os.getpid(),
+            "engine_pid": sched.pid if sched else None,
             "host": socket.gethostname(),
             "uptime_sec": round(time.time() - self.started, 1),
             "version": __version__,

@@ -1,4 +1,5 @@
-"""The front end, on rank 0: HTTP (FastAPI) reference /generate, OpenAI-compatible /v1/*, /health, /metrics.
+"""The front end, on rank 0 (its own process by default): HTTP (FastAPI) reference /generate,
+OpenAI-compatible /v1/*, /health, /metrics.
 
 Every error is JSON `{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status;
 bad input never produces a 500 and never hangs (every wait is bounded by the request timeout).
@@ -15,7 +16,9 @@ bad input never produces a 500 and never hangs (every wait is bounded by the req
 | `schemas` | pydantic request/response bodies with every field's bounds |
 | `limits` | ASGI middleware: request body size limit, per-response counting |
 | `serving_properties` | DJL-style `serving.properties` read as configuration |
-| `server` | uvicorn on rank 0 (the HTTP thread) |
+| `server` | uvicorn (the main thread of the front end process, or of rank 0 with --no-frontend-process) |
+| `process` | the front end process (`python -m tpserve.frontend.process`), a child of rank 0 |
+| `core_client` | `CoreClient`: the engine core over ZeroMQ as `Service` sees a scheduler; detokenizes |
 """
 
 from tpserve.frontend.app import build_app

@@ -32,8 +32,8 @@ def native_router(service: Service, guards: Guards) -> APIRouter:
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        service.metrics.queue_depth.set(service.queue_depth())
-        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        text = await service.metrics_text()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @router.post("/generate", dependencies=[Depends(guards.authorize)])
     async def generate(body: GenerateRequest, http: Request) -> GenerateResponse:

@@ -1,4 +1,5 @@
-"""Rank 0's HTTP server: uvicorn in the main thread's event loop, with our own signal handling.
+"""Rank 0's HTTP server: uvicorn in the main thread's event loop (of rank 0's process, or of the
+front end process: tpserve.frontend.process), with our own signal handling.
 
 SIGTERM/SIGINT (first): status 'draining' → new requests get 503 + Retry-After, queued and running
 ones finish (for at most --drain-timeout, then they end with a 503), the scheduler broadcasts
@@ -13,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -31,8 +33,8 @@ class _Server(uvicorn.Server):
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (the event loop shares rank 0's GIL with the engine thread: every
-    microsecond it spends per streamed token slows the next step's kernel launches)."""
+    """uvloop when installed (in-process, the event loop shares rank 0's GIL with the engine thread:
+    every microsecond it spends per streamed token slows the next step's kernel launches)."""
     try:
         import uvloop
     except ImportError:
@@ -40,7 +42,15 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def serve_http(app: FastAPI, service: Service, host: str, port: int) -> int:
+def serve_http(
+    app: FastAPI,
+    service: Service,
+    host: str,
+    port: int,
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """Serve until the scheduler stopped (drained); `background`: a task of the event loop that
+    must not end while serving (the front end process's link to the engine core)."""
     # http="auto": httptools when installed (cheaper per SSE chunk than h11)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5
@@ -66,15 +76,28 @@ def serve_http(app: FastAPI, service: Service, host: str, port: int) -> int:
         log.info("all ranks told to shut down; stopping HTTP")
         server.should_exit = True
 
+    async def run_background() -> None:
+        assert background is not None
+        try:
+            await background()
+        except Exception as exc:
+            log.exception("the front end's link to the engine core failed")
+            fatal(f"front end: link to the engine core failed ({type(exc).__name__}: {exc})", 1)
+        if not (service.scheduler is not None and service.scheduler.stopped.is_set()):
+            fatal("front end: link to the engine core ended", 1)
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        watcher = asyncio.create_task(stop_when_scheduler_stops())
+        tasks = [asyncio.create_task(stop_when_scheduler_stops())]
+        if background is not None:
+            tasks.append(asyncio.create_task(run_background()))
         try:
             await server.serve()
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

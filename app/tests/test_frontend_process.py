@@ -1,0 +1,234 @@
+"""The front end in its own process (--frontend-process, the default), on real DeepSpeed launches (CPU,
+gloo): HTTP is served by a child of rank 0, not by the engine loop's process; answers are the same
+as with --no-frontend-process; hostile input is refused there; the two processes live and die
+together; a SIGTERM to the front end alone drains the whole group."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import API_KEY, LaunchedServer, launched, remove_shm_buffers
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def health(srv: LaunchedServer) -> dict:
+    return httpx.get(srv.base_url + "/health", timeout=10).json()
+
+
+def listens_on(pid: int, port: int) -> bool:
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+def test_http_is_served_by_a_child_process_of_the_engine_core(server: LaunchedServer) -> None:
+    h = health(server)
+    fe, core = h["frontend_pid"], h["engine_pid"]
+    assert h["frontend_process"] is True and fe != core, h
+    assert core == server.rank_pid(0)  # the engine loop runs in rank 0's process...
+    child = psutil.Process(fe)  # ...and HTTP in its child
+    assert child.ppid() == core and "tpserve.frontend.process" in child.cmdline(), child.cmdline()
+    assert listens_on(fe, server.port) and not listens_on(core, server.port)
+    assert "TPSERVE_API_KEY" not in child.environ()  # the key came by its stdin pipe
+    print(f"HTTP in pid {fe}, the engine loop in pid {core} (rank 0)")
+
+
+HOSTILE = [
+    ("/generate", b"{not json", 422),
+    ("/generate", b'{"prompt": "x", "seed": 1180591620717411303424}', 422),  # 2**70
+    ("/generate", json.dumps({"prompt": "x", "stop": ["s"] * 17}).encode(), 422),
+    ("/generate", b'{"prompt": "x", "temperature": NaN}', 422),
+    ("/v1/completions", json.dumps({"model": "tiny", "prompt": [-1, 5]}).encode(), 400),
+    ("/v1/completions", json.dumps({"model": "tiny", "prompt": [10**12]}).encode(), 400),
+    ("/v1/completions", json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 10**9}).encode(), 422),
+    (
+        "/v1/chat/completions",
+        json.dumps(
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            }
+        ).encode(),
+        400,
+    ),
+    ("/generate", json.dumps({"prompt": "x" * 60_000}).encode(), 400),
+    ("/generate", json.dumps({"prompt": "x" * 70_000}).encode(), 413),
+]
+
+
+def test_hostile_input_is_refused_in_the_front_end_and_the_group_keeps_serving(
+    server: LaunchedServer, auth: dict[str, str]
+) -> None:
+    before = health(server)
+    for path, body, status in HOSTILE:
+        r = httpx.post(server.base_url + path, content=body, timeout=30,
+                       headers={**auth, "content-type": "application/json"})  # fmt: skip
+        assert r.status_code == status, (path, body[:80], r.status_code, r.text)
+        assert r.json()["error"]["message"], r.text
+    after = health(server)
+    assert after["status"] == "ok" and (after["frontend_pid"], after["engine_pid"]) == (
+        before["frontend_pid"], before["engine_pid"],
+    )  # fmt: skip
+    r = httpx.post(server.base_url + "/generate", json={"prompt": "still there?", "max_new_tokens": 4},
+                   headers=auth, timeout=60)  # fmt: skip
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, r.text
+
+
+REQUESTS = [
+    ("/generate", {"prompt": "你好，请介绍一下你自己。", "max_new_tokens": 24}),
+    ("/v1/completions", {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}),
+    ("/v1/completions", {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0.9,
+                         "top_p": 0.9, "top_k": 40, "seed": 7}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}],
+                              "max_tokens": 24, "temperature": 0}),
+    ("/v1/completions", {"model": "tiny", "prompt": [101, 202, 303, 404], "max_tokens": 16, "temperature": 0,
+                         "ignore_eos": True}),
+]  # fmt: skip
+
+
+def answers(srv: LaunchedServer) -> list:
+    """Each request plain and streamed, ids and times taken out; plus a stop string cut from the
+    greedy completion (so it really matches)."""
+    out = []
+    for path, body in REQUESTS:
+        r = httpx.post(srv.base_url + path, json=body, headers=AUTH, timeout=120)
+        assert r.status_code == 200, r.text
+        plain = r.json()
+        for key in ("id", "created", "generation_time_sec"):
+            plain.pop(key, None)
+        streamed = None
+        if path != "/generate":
+            chunks = []
+            with httpx.stream(
+                "POST",
+                srv.base_url + path,
+                headers=AUTH,
+                timeout=120,
+                json={**body, "stream": True, "stream_options": {"include_usage": True}},
+            ) as s:
+                for line in s.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        chunk = json.loads(line[6:])
+                        chunks.append([chunk.get("choices"), chunk.get("usage")])
+            streamed = chunks
+        out.append((plain, streamed))
+    greedy = out[1][0]["choices"][0]["text"]
+    stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 2]
+    cut = httpx.post(srv.base_url + "/v1/completions", headers=AUTH, timeout=120,
+                     json={**REQUESTS[1][1], "stop": [stop]}).json()  # fmt: skip
+    out.append((cut["choices"], cut["usage"], stop))
+    return out
+
+
+def test_the_same_answers_as_the_in_process_front_end(
+    server: LaunchedServer, model_dir: Path, tmp_path: Path
+) -> None:
+    split = answers(server)
+    with launched(model_dir, tmp_path / "inproc.log", api_key=API_KEY, extra=(
+        "--no-frontend-process", "--max-prompt-tokens", "256", "--max-new-tokens", "256",
+        "--max-batch-tokens", "24",
+    )) as srv:  # fmt: skip
+        h = health(srv)
+        assert h["frontend_process"] is False and h["frontend_pid"] == h["engine_pid"] == srv.rank_pid(0)
+        alone = answers(srv)
+    for a, b in zip(split, alone, strict=True):
+        assert a == b
+    stop_case = split[-1]
+    if stop_case[2].strip():
+        assert stop_case[0][0]["finish_reason"] == "stop", stop_case
+
+
+def _pids(srv: LaunchedServer) -> tuple[psutil.Process, psutil.Process, psutil.Process]:
+    h = health(srv)
+    return psutil.Process(h["frontend_pid"]), psutil.Process(h["engine_pid"]), psutil.Process(srv.rank_pid(1))
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_killing_the_front_end_takes_the_whole_group_down(model_dir: Path, tmp_path: Path) -> None:
+    # rank 1 notices a dead rank 0 at the heartbeat timeout (what any death of rank 0 costs)
+    srv = LaunchedServer(model_dir, tmp_path / "kill-fe.log", extra=("--heartbeat-timeout", "10"))
+    try:
+        srv.wait_ready()
+        fe, core, rank1 = _pids(srv)
+        t0 = time.monotonic()
+        fe.kill()
+        while not _gone(core):
+            assert time.monotonic() - t0 < 5, "the engine core outlived its front end"
+            time.sleep(0.05)
+        core_took = time.monotonic() - t0
+        code = srv.proc.wait(timeout=40)
+        took = time.monotonic() - t0
+        print(
+            f"front end SIGKILLed: rank 0 gone after {core_took:.2f} s, "
+            f"launcher exited {code} after {took:.1f} s"
+        )
+        assert code != 0 and _gone(rank1)
+        log = srv.log_path.read_text(errors="replace")
+        assert f"front end process {fe.pid} ended (killed by SIGKILL) while serving" in log, log[-3000:]
+    finally:
+        srv.stop()
+        assert remove_shm_buffers(srv.master_port) == []
+
+
+def test_the_front_end_never_outlives_the_engine_core(model_dir: Path, tmp_path: Path) -> None:
+    srv = LaunchedServer(model_dir, tmp_path / "kill-core.log", ranks=1)
+    try:
+        srv.wait_ready()
+        h = health(srv)
+        fe, core = psutil.Process(h["frontend_pid"]), psutil.Process(h["engine_pid"])
+        core.kill()  # no handler, no cleanup: PR_SET_PDEATHSIG takes the child
+        t0 = time.monotonic()
+        while not _gone(fe):
+            assert time.monotonic() - t0 < 5, "the front end outlived the engine core"
+            time.sleep(0.05)
+        print(f"engine core SIGKILLed: front end gone after {time.monotonic() - t0:.2f} s")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(srv.base_url + "/health", timeout=2)
+        assert srv.proc.wait(timeout=30) != 0
+    finally:
+        srv.stop()
+        remove_shm_buffers(srv.master_port)
+
+
+def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_path: Path) -> None:
+    with launched(model_dir, tmp_path / "term-fe.log", api_key=API_KEY) as srv:
+        fe, core, rank1 = _pids(srv)
+        result: dict[str, httpx.Response] = {}
+        body = {"prompt": "drain me", "max_new_tokens": 64, "ignore_eos": True}
+        t = threading.Thread(target=lambda: result.update(
+            r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=60)))  # fmt: skip
+        t.start()
+        while health(srv)["in_flight"] == 0:
+            time.sleep(0.02)
+        fe.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        late = httpx.post(srv.base_url + "/generate", headers=AUTH, json={"prompt": "late"}, timeout=10)
+        assert late.status_code == 503 and late.headers.get("retry-after"), late.text
+        t.join(timeout=60)
+        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 64
+        assert srv.proc.wait(timeout=40) == 0, srv.log_tail()
+        assert _gone(fe) and _gone(core) and _gone(rank1)
+        log = srv.log_path.read_text(errors="replace")
+        assert "the front end asks for a drain" in log and "rank 1: shutdown after" in log, log[-3000:]
+        assert "CRITICAL" not in log, log[-3000:]
+    with contextlib.suppress(OSError):
+        os.kill(fe.pid, 0)
+        pytest.fail("front end still running")
