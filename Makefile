@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := python3 python3-venv podman runc debootstrap zstd openssh-client pdsh rsync shellcheck
 VENV_INPUTS := requirements/controller.txt app/requirements.lock $(wildcard app/pyproject.toml)
 
-.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration test demo chaos load monitoring clean
+.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration integration-trixie lock-check test demo chaos load monitoring clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,16 @@ molecule: venv ## every molecule scenario (molecule test -s NAME)
 
 integration: venv ## lab-up, site.yml twice (changed=0), --check, serve.yml, smoketest.yml
 	tests/integration.sh
+
+# Debian 13 (CPython 3.13) nodes: a private 2-node lab, the release path of tests/integration.sh, then down.
+T13_LAB := LAB_RELEASE=trixie LAB_NODES=2 LAB_PREFIX=t13- LAB_SUBNET=10.89.50.0/24 LAB_NETWORK=tpserve-t13 LAB_INVENTORY=/tmp/t13-inv
+integration-trixie: venv ## 2 Debian 13 nodes: site.yml twice (changed=0) + --check, serve.yml twice, smoketest.yml; lab down
+	@rc=0; $(T13_LAB) INTEGRATION_SCOPE=release INTEGRATION_ARGS="-e tpserve_tp_size=2" \
+	  INTEGRATION_LOG_DIR=reports/integration-trixie tests/integration.sh || rc=$$?; \
+	$(T13_LAB) tests/lab/lab.sh down; exit $$rc
+
+lock-check: venv ## which CPython versions the lock installs on (PyPI, no download); records tests/lock/python-support.json
+	$(VENV)/bin/python tests/lock/python_support.py --write
 
 test: deps-ensure venv ## lint -> unit -> molecule -> integration, one summary line
 	tests/run_ci.sh

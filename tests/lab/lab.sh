@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local lab: N Debian 12 podman nodes (systemd + sshd) on a private bridge.
+# The local lab: N Debian podman nodes (systemd + sshd) on a private bridge: Debian 12 (bookworm,
+# the default) or Debian 13 (trixie), chosen by LAB_RELEASE.
 #
 #   tests/lab/lab.sh up|down|status
 #
@@ -10,7 +11,9 @@
 #   LAB_NETWORK    podman network name (default tpserve-lab); it also names the lab
 #   LAB_INVENTORY  inventory dir written by `up` (default inventory/lab; relative = to the repo root)
 #   LAB_CACHE      image archive cache (default /var/cache/tpserve-lab)
-#   LAB_MIRROR, LAB_SECURITY_MIRROR   Debian mirrors for the node image
+#   LAB_RELEASE    Debian release of the nodes: bookworm (Debian 12, default) | trixie (Debian 13);
+#                  the image is localhost/tpserve-labnode:<release>, the nodes' apt sources are that release's
+#   LAB_MIRROR, LAB_SECURITY_MIRROR   Debian mirrors for the node image (and the nodes' apt sources)
 #   LAB_BOOT_TIMEOUT  seconds to wait for every node to boot and answer ssh (default 180)
 #
 # Everything this script creates carries the label tpserve.lab=<LAB_NETWORK>; `down` removes only
@@ -26,6 +29,7 @@ LAB_SUBNET=${LAB_SUBNET:-10.89.7.0/24}
 LAB_NETWORK=${LAB_NETWORK:-tpserve-lab}
 LAB_INVENTORY=${LAB_INVENTORY:-inventory/lab}
 LAB_CACHE=${LAB_CACHE:-/var/cache/tpserve-lab}
+LAB_RELEASE=${LAB_RELEASE:-bookworm}
 LAB_MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 LAB_SECURITY_MIRROR=${LAB_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-180}
@@ -34,7 +38,8 @@ LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-180}
 # (like an Ubuntu cloud image's default user).
 LAB_SSH_USER=${LAB_SSH_USER:-}
 
-readonly IMAGE=localhost/tpserve-labnode:bookworm
+# The Debian releases node-image.sh builds (12, 13); the image is tagged with the release.
+readonly RELEASES=(bookworm trixie)
 readonly RECIPE=${LAB_DIR}/node-image.sh
 readonly LABEL=tpserve.lab
 readonly PREREQ_PACKAGES=(podman runc debootstrap zstd openssh-client pdsh rsync)
@@ -59,6 +64,9 @@ validate() {
     die "LAB_SUBNET must be a private IPv4 /24 such as 10.89.7.0/24 (got '${LAB_SUBNET}')"
   [[ ${LAB_NETWORK} =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$ ]] ||
     die "LAB_NETWORK must be a plain name such as tpserve-lab (got '${LAB_NETWORK}')"
+  [[ " ${RELEASES[*]} " == *" ${LAB_RELEASE} "* ]] ||
+    die "LAB_RELEASE must be one of: ${RELEASES[*]} (Debian 12 | Debian 13; got '${LAB_RELEASE}')"
+  IMAGE=localhost/tpserve-labnode:${LAB_RELEASE}
   [[ ${LAB_BOOT_TIMEOUT} =~ ^[0-9]+$ ]] || die "LAB_BOOT_TIMEOUT must be seconds (got '${LAB_BOOT_TIMEOUT}')"
   [[ -z ${LAB_SSH_USER} || (${LAB_SSH_USER} =~ ^[a-z_][a-z0-9_-]{0,30}$ && ${LAB_SSH_USER} != root) ]] ||
     die "LAB_SSH_USER must be empty (root) or a user name other than root (got '${LAB_SSH_USER}')"
@@ -72,7 +80,8 @@ validate() {
 
 node_name() { printf '%ste%d' "${LAB_PREFIX}" "$1"; }
 node_ip() { printf '%s.%d' "${NET_BASE}" "$((10 + $1))"; }
-recipe_hash() { sha256sum "${RECIPE}" | cut -c1-16; }
+# The recipe is the script plus the release it builds: another release is another image.
+recipe_hash() { { cat "${RECIPE}" && echo "release=${LAB_RELEASE}"; } | sha256sum | cut -c1-16; }
 
 # --------------------------------------------------------------------------- prerequisites
 ensure_prereqs() {
@@ -110,7 +119,7 @@ image_recipe() { podman image inspect --format "{{index .Labels \"lab.recipe\"}}
 ensure_image() {
   local hash archive work
   hash=$(recipe_hash)
-  archive=${LAB_CACHE}/labnode-${hash}.tar.zst
+  archive=${LAB_CACHE}/labnode-${LAB_RELEASE}-${hash}.tar.zst
   # One builder at a time, even with several labs starting together.
   exec 8>"${LAB_CACHE}/locks/image.lock"
   flock 8
@@ -121,20 +130,23 @@ ensure_image() {
     zstd -dc "${archive}" | podman load -q >/dev/null
     [[ $(image_recipe) == "${hash}" ]] || die "${archive} did not hold recipe ${hash}; delete it and retry"
   else
-    log "building node image (recipe ${hash}) with debootstrap from ${LAB_MIRROR}"
+    log "building node image ${IMAGE} (recipe ${hash}) with debootstrap from ${LAB_MIRROR}"
     work=$(mktemp -d /var/tmp/tpserve-labnode.XXXXXX)
     (
       trap 'rm -rf "${work}"' EXIT
-      bash "${RECIPE}" "${work}/root" "${LAB_MIRROR}" "${LAB_SECURITY_MIRROR}"
+      bash "${RECIPE}" "${work}/root" "${LAB_MIRROR}" "${LAB_SECURITY_MIRROR}" "${LAB_RELEASE}"
       tar -C "${work}/root" --numeric-owner -c . |
         podman import -q \
           --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL=SIGRTMIN+3' \
           --change 'ENV container=podman' --change "LABEL lab.recipe=${hash}" \
+          --change "LABEL lab.release=${LAB_RELEASE}" \
           - "${IMAGE}" >/dev/null
     ) || die "building the node image failed (see above)"
     log "saving ${archive} for later runs"
     podman save "${IMAGE}" | zstd -q -3 -T0 -o "${archive}.tmp" && mv "${archive}.tmp" "${archive}"
-    find "${LAB_CACHE}" -maxdepth 1 -name 'labnode-*.tar.zst' ! -name "labnode-${hash}.tar.zst" -delete
+    # older archives of this release only: the other release's image stays cached
+    find "${LAB_CACHE}" -maxdepth 1 -name "labnode-${LAB_RELEASE}-*.tar.zst" \
+      ! -name "labnode-${LAB_RELEASE}-${hash}.tar.zst" -delete
   fi
   flock -u 8
   RECIPE_HASH=${hash}
@@ -250,6 +262,7 @@ start_node() {
     --cap-add SYS_ADMIN --cap-add NET_RAW --cap-add AUDIT_WRITE \
     --no-hosts --network "${LAB_NETWORK}" --ip "${ip}" --shm-size 1g \
     --label "${LABEL}=${LAB_NETWORK}" --label "${LABEL}.recipe=${RECIPE_HASH}" --label "${LABEL}.ip=${ip}" \
+    --label "${LABEL}.release=${LAB_RELEASE}" \
     -v "${KEY}.pub:/root/.ssh/authorized_keys:ro" \
     "${IMAGE}" >/dev/null
 }
@@ -383,8 +396,8 @@ write_inventory() {
   local i name tmp
   tmp=$(mktemp "${LAB_INVENTORY}/hosts.yml.XXXXXX")
   {
-    printf -- '---\n# Generated by tests/lab/lab.sh up (lab %s, %s). Do not edit: lab.sh down removes it.\n' \
-      "${LAB_NETWORK}" "${LAB_SUBNET}"
+    printf -- '---\n# Generated by tests/lab/lab.sh up (lab %s, %s, Debian %s). Do not edit: lab.sh down removes it.\n' \
+      "${LAB_NETWORK}" "${LAB_SUBNET}" "${LAB_RELEASE}"
     printf 'all:\n  children:\n    tpserve:\n      children:\n'
     printf '        tpserve_master:\n          hosts:\n'
     printf '            %s:\n              ansible_host: %s\n' "$(node_name 1)" "$(node_ip 1)"
@@ -467,7 +480,7 @@ do_up() {
   [[ -z ${LAB_SSH_USER} ]] || make_nonroot
   write_inventory
   link_group_vars
-  log "lab ${LAB_NETWORK} is up in $((SECONDS - t0))s: inventory ${LAB_INVENTORY}"
+  log "lab ${LAB_NETWORK} (Debian ${LAB_RELEASE}) is up in $((SECONDS - t0))s: inventory ${LAB_INVENTORY}"
   do_status
 }
 

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Build the root filesystem of a lab node (Debian 12, systemd as PID 1, sshd) into DIR.
-# Usage: node-image.sh DIR MIRROR SECURITY_MIRROR
-# The sha256 of this file is the image's recipe label: change it and lab.sh rebuilds the image.
+# Build the root filesystem of a lab node (Debian 12 or 13, systemd as PID 1, sshd) into DIR.
+# Usage: node-image.sh DIR MIRROR SECURITY_MIRROR [SUITE]   (SUITE: bookworm (default) | trixie)
+# The sha256 of this file and the suite is the image's recipe label: change either and lab.sh
+# rebuilds the image.
 # Facts behind each step: /work/shared/notes/lab.md (verified on this kind of host).
 set -euo pipefail
 
 root=${1:?usage: node-image.sh DIR MIRROR SECURITY_MIRROR}
 mirror=${2:?mirror URL missing}
 security_mirror=${3:?security mirror URL missing}
-suite=bookworm
+suite=${4:-bookworm}
+case ${suite} in
+  bookworm | trixie) ;;
+  *)
+    echo "node-image: unknown suite '${suite}' (bookworm | trixie)" >&2
+    exit 2
+    ;;
+esac
 
 packages=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,python3-venv,rsync,sudo
 packages+=,iproute2,ca-certificates,procps,curl,iputils-ping,less

@@ -43,6 +43,7 @@ refused "LAB_NODES must be a whole number from 2 to 8" env LAB_NODES=9 "${LAB}" 
 refused "LAB_NODES must be a whole number from 2 to 8" env LAB_NODES=08 "${LAB}" status
 refused "LAB_SUBNET must be a private IPv4 /24" env LAB_SUBNET=10.89.40.0/16 "${LAB}" status
 refused "LAB_PREFIX must be empty or lowercase" env LAB_PREFIX='x y' "${LAB}" status
+refused "LAB_RELEASE must be one of: bookworm trixie" env LAB_RELEASE=sid "${LAB}" status
 refused "usage:" "${LAB}" sideways
 
 # Two labs at once, each with its own inventory and known_hosts.

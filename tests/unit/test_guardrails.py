@@ -92,10 +92,39 @@ def test_valid_cluster_passes_and_changes_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("group_vars", "extra", "expect"),
     [
-        # issue 11: the conda backend without the installer's sha256 (the default is empty)
-        ({"python_env_backend": "conda"}, [], "python_env_conda_installer_sha256"),
+        # issue 11: conda without the installer's sha256, or without the CPython it installs
+        (
+            {
+                "python_env_backend": "conda",
+                "python_env_python_version": "3.11",
+                "python_env_conda_installer": {
+                    "url": "https://m.example/Miniforge3.sh",
+                    "sha256": "",
+                },
+            },
+            [],
+            "python_env_conda_installer",
+        ),
+        (
+            {"python_env_backend": "conda"},
+            [],
+            "python_env_python_version (the CPython conda installs",
+        ),
+        # an unsupported CPython for conda, named with the supported ones
+        (
+            {"python_env_backend": "conda", "python_env_python_version": "3.10"},
+            [],
+            "one of the supported CPython versions 3.11, 3.12, 3.13",
+        ),
+        # the replaced separate installer variables
+        (
+            {"python_env_conda_installer_sha256": "0" * 64},
+            [],
+            "python_env_conda_installer: {url: ..., sha256: ...}",
+        ),
         ({"python_env_backend": "foo"}, [], "python_env_backend"),
         ({"python_env_python_version": "3.x"}, [], "python_env_python_version"),
+        ({"dl_stack_target_python_version": "three"}, [], "dl_stack_target_python_version"),
         ({"model_source": "modelscope"}, [], "model_modelscope_id"),
         ({"dl_stack_fanout": "scp"}, [], "dl_stack_fanout"),
         ({}, ["-e", "tpserve_state=paused"], "tpserve_service_state"),
@@ -143,9 +172,15 @@ def test_bad_role_variable_stops_in_the_guardrails(
 def test_site_stops_in_the_guardrails_before_the_first_node_task(tmp_path: Path) -> None:
     """site.yml with a conda backend lacking its sha256: the run ends in the guard-rail play, before
     the facts play (the first play that connects to a node)."""
-    inv = write_inventory(tmp_path / "inv", {"python_env_backend": "conda"})
+    installer = {"url": "https://mirror.example/Miniforge3.sh", "sha256": ""}
+    gv = {
+        "python_env_backend": "conda",
+        "python_env_python_version": "3.11",
+        "python_env_conda_installer": installer,
+    }
+    inv = write_inventory(tmp_path / "inv", gv)
     run = run_playbook(tmp_path, inv, "site.yml")
     assert run.rc != 0
-    assert "python_env_conda_installer_sha256" in run.out
+    assert "python_env_conda_installer" in run.out
     assert "PLAY [Facts | every tpserve node]" not in run.out
     assert_nothing_changed(run)

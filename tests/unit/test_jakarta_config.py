@@ -26,14 +26,7 @@ def _jakarta_on_localhost(tmp_path: Path, **override: object) -> Path:
     smi.write_text("#!/bin/sh\necho '0, NVIDIA A10, 550.127.05'\n")
     smi.chmod(0o755)
     gv = {k: v for k, v in JAKARTA.items() if k != "ansible_user"}
-    gv.update(
-        {
-            # jakarta leaves the installer's sha256 to the operator (the guard-rails ask for it)
-            "python_env_conda_installer_sha256": "0" * 64,
-            "gpu_preflight_nvidia_smi": str(smi),
-            **override,
-        }
-    )
+    gv.update({"gpu_preflight_nvidia_smi": str(smi), **override})
     return write_inventory(tmp_path / "jakarta-like", gv, nodes=4)
 
 
@@ -45,8 +38,19 @@ def test_jakarta_settings_pass_the_guardrails(tmp_path: Path) -> None:
     assert_nothing_changed(run)
 
 
+def test_jakarta_uses_conda_with_a_supported_python() -> None:
+    """jakarta's nodes are Ubuntu: conda brings CPython 3.11 whatever their python3 is (22.04: 3.10,
+    which the lock does not support); the installer is the role's pinned Miniforge."""
+    table = yaml.safe_load((REPO / "group_vars/all/python.yml").read_text())
+    assert JAKARTA["python_env_backend"] == "conda"
+    assert JAKARTA["python_env_python_version"] in table["tpserve_python_versions"]
+    assert "python_env_conda_installer" not in JAKARTA  # the role's pin (URL + sha256 together)
+
+
 def test_jakarta_without_the_conda_sha_stops_in_the_guardrails(tmp_path: Path) -> None:
-    inv = _jakarta_on_localhost(tmp_path, python_env_conda_installer_sha256="")
+    installer = {"url": "https://mirror.example/Miniforge3-Linux-x86_64.sh", "sha256": ""}
+    inv = _jakarta_on_localhost(tmp_path, python_env_conda_installer=installer)
     run = run_playbook(tmp_path, inv, "playbooks/guardrails.yml")
-    assert run.rc != 0 and "python_env_conda_installer_sha256" in run.out
+    assert run.rc != 0 and "python_env_conda_installer" in run.out
+    assert "sha256: that file's 64 hex digits" in " ".join(run.out.split())
     assert_nothing_changed(run)
