@@ -83,16 +83,21 @@ def test_sigterm_to_rank0_alone_still_drains(model_dir: Path, tmp_path: Path) ->
         model_dir, tmp_path / "r0.log", api_key=API_KEY, extra=("--pid-file", str(pid_file))
     ) as srv:
         result: dict[str, httpx.Response] = {}
-        body = {"prompt": "drain me", "max_new_tokens": 64, "ignore_eos": True}
+        # long enough to be in flight when /health is polled (64 tokens sometimes finished between two
+        # polls and the loop then waited forever); the wait itself is bounded
+        body = {"prompt": "drain me", "max_new_tokens": 400, "ignore_eos": True}
         t = threading.Thread(
             target=lambda: result.update(
-                r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=60)
+                r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=90)
             )
         )
         t.start()
+        deadline = time.monotonic() + 30
         while httpx.get(srv.base_url + "/health", timeout=5).json()["in_flight"] == 0:
+            assert "r" not in result, f"the request finished before it was seen in flight: {result['r'].text}"
+            assert time.monotonic() < deadline, "the request never showed up in /health's in_flight"
             time.sleep(0.02)
         os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        t.join(timeout=60)
-        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 64
+        t.join(timeout=90)
+        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 400
         assert srv.proc.wait(timeout=30) == 0, srv.log_tail()
