@@ -212,18 +212,22 @@ def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_pa
     with launched(model_dir, tmp_path / "term-fe.log", api_key=API_KEY) as srv:
         fe, core, rank1 = _pids(srv)
         result: dict[str, httpx.Response] = {}
-        body = {"prompt": "drain me", "max_new_tokens": 64, "ignore_eos": True}
+        # 400 tokens: still in flight 0.3 s after the SIGTERM on a fast machine (with 64 the group had
+        # drained and exited by then on a CI run: the late request met a closed port)
+        body = {"prompt": "drain me", "max_new_tokens": 400, "ignore_eos": True}
         t = threading.Thread(target=lambda: result.update(
-            r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=60)))  # fmt: skip
+            r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=90)))  # fmt: skip
         t.start()
+        deadline = time.monotonic() + 30
         while health(srv)["in_flight"] == 0:
+            assert "r" not in result and time.monotonic() < deadline, "the request was never seen in flight"
             time.sleep(0.02)
         fe.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         late = httpx.post(srv.base_url + "/generate", headers=AUTH, json={"prompt": "late"}, timeout=10)
         assert late.status_code == 503 and late.headers.get("retry-after"), late.text
-        t.join(timeout=60)
-        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 64
+        t.join(timeout=90)
+        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 400
         assert srv.proc.wait(timeout=40) == 0, srv.log_tail()
         assert _gone(fe) and _gone(core) and _gone(rank1)
         log = srv.log_path.read_text(errors="replace")
