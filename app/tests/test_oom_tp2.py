@@ -12,6 +12,7 @@ keeps serving. The fault is a real torch.cuda.OutOfMemoryError raised from insid
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,11 @@ async def _in_order(client: httpx.AsyncClient, url: str) -> list[httpx.Response]
     for i, prompt in enumerate(PROMPTS):
         body = {"prompt": prompt, "max_new_tokens": TOKENS, "ignore_eos": True}
         tasks.append(asyncio.create_task(client.post(url + "/generate", json=body)))
-        while (await client.get(url + "/health")).json()["in_flight"] < i + 1:
+        # until it is in flight, or already answered (a 503 for the newest can come before the poll
+        # sees 4 in flight: an unbounded wait hung a CI run); bounded either way
+        deadline = time.monotonic() + 60
+        while not tasks[-1].done() and (await client.get(url + "/health")).json()["in_flight"] < i + 1:
+            assert time.monotonic() < deadline, f"request {i} never showed up in flight"
             await asyncio.sleep(0.005)
     return list(await asyncio.gather(*tasks))
 
