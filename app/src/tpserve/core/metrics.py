@@ -70,6 +70,13 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("tpserve_requests_in_flight", "Generation requests being served", registry=r)
+        self.finished = Counter(
+            "tpserve_finished_requests",
+            "Generation requests that ended, by finish reason (stop, length, cancelled: the client went "
+            "away or was told to, timeout, error)",
+            ["reason"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "tpserve_request_duration_seconds",
             "Arrival to final event of a generation request (any outcome)",

@@ -409,6 +409,7 @@ class Scheduler:
         if release and req.prefill_pos > 0:  # the engine holds (part of) the sequence
             self._release.append(req.uid)
         req.finish_reason = reason
+        self.metrics.finished.labels(reason=reason).inc()
         self.metrics.request_seconds.observe(time.monotonic() - req.created)
         try:
             final = output.final_event(req, reason, error, kind)

@@ -37,6 +37,8 @@ log = logging.getLogger("tpserve.frontend.core_client")
 METRICS_TIMEOUT_S = 2.0
 #: A core silent for longer than this (no Status) counts the silence as step age (-> 'stalled')
 SILENCE_S = 4 * ipc.STATUS_INTERVAL_S
+#: Core messages handled per event-loop turn before the loop's other callbacks get theirs
+READ_BATCH = 32
 
 
 class CoreClient:
@@ -159,10 +161,16 @@ class CoreClient:
 
         def on_readable() -> None:  # the FD is edge-triggered: read until nothing is left
             try:
-                while not done.done() and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                for _ in range(READ_BATCH):
+                    if done.done() or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        return
                     self._handle(ipc.decode(sock.recv(zmq.NOBLOCK)))
                     if self.stopped.is_set():
                         done.set_result(None)
+                # more is waiting: come back after the loop's other callbacks (HTTP writes, a client's
+                # disconnect, a Cancel to send), which a core that steps faster than this process
+                # reads would otherwise starve until its requests end
+                loop.call_soon(on_readable)
             except Exception as exc:
                 if not done.done():
                     done.set_exception(exc)
