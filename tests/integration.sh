@@ -10,9 +10,8 @@
 #   -> site.yml again (changed=0 on every host: idempotence after both the full and the --limit
 #      run) -> site.yml --check --diff (changed=0, failed=0) -> serve.yml brings the group back
 #      -> smoketest.yml
-#   -> kill -9 a rank on the third node, wait for systemd to restart the group -> serve.yml
-#      (changed=0) -> smoketest.yml -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1
-#      twice (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json)
+#   -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1 twice (changed=0) -> smoketest.yml
+#      (reports reports/smoke-<inventory>-<stage>.json; a rank killed with kill -9: make chaos)
 #   -> monitoring: serve.yml with tpserve_monitoring_enabled twice (changed=0), listen addresses,
 #      every Grafana dashboard query returns data from the lab's Prometheus under load.
 # Playbooks that do not exist yet are skipped with a message. The lab stays up afterwards
@@ -36,7 +35,7 @@ die() {
 }
 
 # Seconds each playbook run took, by log name (the issue 16.3 targets are printed from them).
-declare -A took=()
+declare -A run_secs=()
 
 # playbook LOGNAME ARGS...: ansible-playbook on the lab inventory, output shown and kept.
 playbook() {
@@ -44,15 +43,15 @@ playbook() {
   shift
   say "ansible-playbook -i ${INVENTORY} $* (log ${log})"
   ansible-playbook -i "${INVENTORY}" ${EXTRA[@]+"${EXTRA[@]}"} "$@" 2>&1 | tee "${log}" || rc=$?
-  took[${name}]=$((SECONDS - t0))
-  say "$1: exit ${rc} after ${took[${name}]}s"
+  run_secs[${name}]=$((SECONDS - t0))
+  say "$1: exit ${rc} after ${run_secs[${name}]}s"
   return "${rc}"
 }
 
 # target WHAT LOGNAME LIMIT: print how long a run took against its issue 16.3 target (the machine
 # may be shared and loaded, so a miss is reported, not failed); also appended to timings.txt.
 target() {
-  local what=$1 secs=${took[$2]:-?} limit=$3 verdict
+  local what=$1 secs=${run_secs[$2]:-?} limit=$3 verdict
   if [[ ${secs} == "?" ]]; then verdict="not run"; elif ((secs <= limit)); then verdict=met; else verdict=MISSED; fi
   say "target: ${what} ${secs} s (<= ${limit} s: ${verdict}; load $(cut -d' ' -f1-3 /proc/loadavg))"
   printf '%s\t%s\t%s\t%s\n' "${what}" "${secs}" "${limit}" "${verdict}" >>"${LOG_DIR}/timings.txt"
@@ -101,12 +100,6 @@ smoke() {
   [[ -f ${report} ]] || die "smoketest.yml (${name}) wrote no ${report}"
   cp "${report}" "${report%.json}-${name}.json"
   say "smoke report (${name}): ${report%.json}-${name}.json"
-}
-
-# restarts HOST: NRestarts of HOST's tpserve.service.
-restarts() {
-  ansible -i "${INVENTORY}" "$1" -m ansible.builtin.command \
-    -a 'systemctl show tpserve.service -p NRestarts --value' | tail -n 1
 }
 
 # node_sh HOST CMD: CMD as root on a lab node (ssh with the lab's key and known_hosts, host key
@@ -313,24 +306,9 @@ if have serve.yml && have smoketest.yml; then
   playbook serve-rebuilt serve.yml || die "serve.yml after the node rebuild"
   smoke rebuilt
 
-  # A rank dies (kill -9 on the third node): every node's unit must restart (survivors fail at
-  # their next collective/heartbeat) and the group must come back; serve.yml (changed=0) waits
-  # for /health and the smoke test must pass again.
-  victim=${nodes[2]:-${nodes[-1]}}
-  master_before=$(restarts "${nodes[0]}")
-  say "kill -9 the rank on ${victim}"
-  t_kill=${SECONDS}
-  ansible -i "${INVENTORY}" "${victim}" -m ansible.builtin.shell \
-    -a 'pkill -9 -u tpserve -f -- "-m tpserve --local_rank"' || die "no rank to kill on ${victim}"
-  until (($(restarts "${nodes[0]}") > master_before)); do
-    ((SECONDS - t_kill < 300)) || die "the master's unit did not restart within 300s of the kill"
-    sleep 3
-  done
-  say "the master's unit restarted $((SECONDS - t_kill))s after the kill"
-  playbook serve-recovered serve.yml || die "serve.yml after the kill"
-  recap_check "${LOG_DIR}/serve-recovered.log" "serve.yml after the kill"
-  say "group ready again $((SECONDS - t_kill))s after the kill"
-  smoke recovered
+  # A rank killed (kill -9) and the group's recovery: `make chaos` (tests/chaos/run.sh kill-rank:
+  # with streams in flight, every unit restarted, serve.yml changed=0, smoketest.yml), no longer
+  # here since issue 16.4 (make test <= 25 min; it cost ~80 s: the restart, serve.yml, a smoke test).
 
   # Layout 2: an independent TP=1 group per node behind the router on the master.
   replicas=(-e tpserve_layout=replicas -e tpserve_tp_size=1)

@@ -103,3 +103,21 @@ def test_ansible_polls_an_async_job_with_status_lines(tmp_path: Path, monkeypatc
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["rc"] == 0 and result["stdout"] == "wrote" and result["bytes"] == 3 << 20
     assert not Path(result.get("results_file", "/nonexistent")).exists()
+
+
+def test_measure_command_sums_file_sizes_locally_and_through_ssh(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_bytes(b"x" * 1000)
+    (tmp_path / "d" / "b").write_bytes(b"y" * 24)
+    out = subprocess.run(
+        ["sh", "-c", watch.measure_command(str(tmp_path / "d"))], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "1024"
+    # a missing path is 0 bytes, not an error
+    missing = watch.measure_command(str(tmp_path / "nothing"))
+    assert subprocess.run(["sh", "-c", missing], capture_output=True, text=True).stdout == "0\n"
+    # through a remote shell: the whole command is one quoted word for it
+    via = watch.measure_command("/v 1", "ssh -o BatchMode=yes u@10.0.0.2")
+    assert via.startswith("ssh -o BatchMode=yes u@10.0.0.2 '") and "/v 1" in via

@@ -17,7 +17,8 @@ receiving node), minus `base` (bytes that were there already). `total` is the ex
 (0 = unknown: no percentage and no ETA; no ETA either before 1% has arrived). The rate is taken over
 the last `window` seconds (default two intervals). Each
 poll is one raw shell command (no module run): the size and the job's status file. When the job
-ends, its result (as async_status returns it: rc, stdout, ...) is this task's result, plus
+ends, `final_path` (if given: where a staging directory went) is measured once more; the job's
+result (as async_status returns it: rc, stdout, ...) is this task's result, plus
 `elapsed_s`, `bytes` and `rate_bps`; the job's status file is removed.
 
     - ansible.builtin.command: rsync ...
@@ -117,11 +118,36 @@ def job_state(text: str) -> tuple[bool, dict[str, Any]]:
     return ("started" not in data or bool(data.get("finished"))), data
 
 
+def measure_command(path: str, via: str = "") -> str:
+    """Shell command printing the bytes of the files under PATH (apparent sizes: a sparse file
+    counts in full, directories not), through VIA (e.g. `ssh user@node`) when given."""
+    cmd = (
+        f"find {shlex.quote(path)} -type f -printf '%s\\n' 2>/dev/null"
+        " | awk '{ s += $1 } END { print s + 0 }'"
+    )
+    return f"{via} {shlex.quote(cmd)}" if via else cmd
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(
-        ("jid", "label", "path", "via", "base", "total", "interval", "window", "timeout")
+        (
+            "jid",
+            "label",
+            "path",
+            "via",
+            "base",
+            "total",
+            "interval",
+            "window",
+            "timeout",
+            "final_path",
+        )
     )
+
+    @staticmethod
+    def _measure(path: str, via: str) -> str:
+        return measure_command(path, via)
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
@@ -147,15 +173,7 @@ class ActionModule(ActionBase):
             self.get_shell_option("async_dir", default="~/.ansible_async")
         )
         status_file = self._connection._shell.join_path(async_dir, jid)
-        measure = "true"
-        if path:
-            # the files' bytes (apparent sizes: a sparse file counts in full, directories not)
-            measure = (
-                f"find {shlex.quote(path)} -type f -printf '%s\\n' 2>/dev/null"
-                " | awk '{ s += $1 } END { print s + 0 }'"
-            )
-            if via:
-                measure = f"{via} {shlex.quote(measure)}"
+        measure = self._measure(path, via) if path else "true"
         poll = f"{measure}; echo '@@'; cat {shlex.quote(status_file)} 2>/dev/null"
 
         start = time.monotonic()
@@ -199,6 +217,12 @@ class ActionModule(ActionBase):
             module_args={"jid": jid, "mode": "cleanup", "_async_dir": async_dir},
             task_vars=task_vars,
         )
+        final_path = str(args.get("final_path") or "")
+        if final_path:
+            # where the result went (a staging directory renamed into place between two polls)
+            res = self._low_level_execute_command(self._measure(final_path, via), sudoable=True)
+            with contextlib.suppress(ValueError, IndexError):
+                peak = max(peak, int(res.get("stdout", "").strip().splitlines()[-1]) - base)
         elapsed = time.monotonic() - start
         failed = bool(final.get("failed")) or final.get("rc", 0) not in (0, None)
         display.display(done_line(label, peak, elapsed, failed))
