@@ -114,7 +114,9 @@ def draw(reports: Reports, out: Path, title: str) -> None:
     for label in labels:
         left.scatter([], [], color=colors[label], label=label)
     if len(labels) > 1:
-        left.legend(title="report", fontsize=8, loc="lower right")
+        left.legend(
+            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(labels), 4)
+        )
 
     if rows:
         data = [row["latencies"] or [float("nan")] for row in rows]
@@ -135,7 +137,7 @@ def draw(reports: Reports, out: Path, title: str) -> None:
             if row["tokens_per_s"] is not None:
                 note += f", {row['tokens_per_s']:.0f} tok/s"
             right.annotate(
-                note, (0.01, y + 0.32), xycoords=("axes fraction", "data"), fontsize=8, color="0.25"
+                note, (0.01, y + 0.45), xycoords=("axes fraction", "data"), fontsize=8, color="0.25"
             )
         right.set_yticks(range(1, len(rows) + 1), [row["label"] for row in rows])
         right.invert_yaxis()
@@ -167,6 +169,8 @@ def main() -> int:
     for path in args.reports:
         report = json.loads(path.read_text())
         reports.append((report_label(path, report), report))
+    # in the order they were taken (the integration's stages), not the file names'
+    reports.sort(key=lambda item: str(item[1].get("started") or ""))
     passed = sum(1 for _, r in reports if r.get("passed"))
     inventories = sorted({str(r.get("inventory") or "?") for _, r in reports})
     title = args.title or (
