@@ -10,9 +10,8 @@
 #   -> site.yml again (changed=0 on every host: idempotence after both the full and the --limit
 #      run) -> site.yml --check --diff (changed=0, failed=0) -> serve.yml brings the group back
 #      -> smoketest.yml
-#   -> kill -9 a rank on the third node, wait for systemd to restart the group -> serve.yml
-#      (changed=0) -> smoketest.yml -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1
-#      twice (changed=0) -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json)
+#   -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1 twice (changed=0) -> smoketest.yml
+#      (reports reports/smoke-<inventory>-<stage>.json; a rank killed with kill -9: make chaos)
 #   -> monitoring: serve.yml with tpserve_monitoring_enabled twice (changed=0), listen addresses,
 #      every Grafana dashboard query returns data from the lab's Prometheus under load.
 # Playbooks that do not exist yet are skipped with a message. The lab stays up afterwards
@@ -41,16 +40,30 @@ die() {
   exit 1
 }
 
+# Seconds each playbook run took, by log name (the issue 16.3 targets are printed from them).
+declare -A run_secs=()
+
 # playbook LOGNAME ARGS...: ansible-playbook on the lab inventory, output shown and kept.
 playbook() {
-  local log=${LOG_DIR}/$1.log t0=${SECONDS} rc=0
+  local name=$1 log=${LOG_DIR}/$1.log t0=${SECONDS} rc=0
   shift
   say "ansible-playbook -i ${INVENTORY} $* (log ${log})"
   ansible-playbook -i "${INVENTORY}" ${EXTRA[@]+"${EXTRA[@]}"} "$@" 2>&1 | tee "${log}" || rc=$?
-  say "$1: exit ${rc} after $((SECONDS - t0))s"
-  printf '%-18s %-40s exit %d after %4ds\n' "$(basename "${log}" .log)" "$*" "${rc}" "$((SECONDS - t0))" >>"${LOG_DIR}/times.txt"
+  run_secs[${name}]=$((SECONDS - t0))
+  say "$1: exit ${rc} after ${run_secs[${name}]}s"
+  printf '%-18s %-40s exit %d after %4ds\n' "$(basename "${log}" .log)" "$*" "${rc}" "${run_secs[${name}]}" >>"${LOG_DIR}/times.txt"
   return "${rc}"
 }
+
+# target WHAT LOGNAME LIMIT: print how long a run took against its issue 16.3 target (the machine
+# may be shared and loaded, so a miss is reported, not failed); also appended to timings.txt.
+target() {
+  local what=$1 secs=${run_secs[$2]:-?} limit=$3 verdict
+  if [[ ${secs} == "?" ]]; then verdict="not run"; elif ((secs <= limit)); then verdict=met; else verdict=MISSED; fi
+  say "target: ${what} ${secs} s (<= ${limit} s: ${verdict}; load $(cut -d' ' -f1-3 /proc/loadavg))"
+  printf '%s\t%s\t%s\t%s\n' "${what}" "${secs}" "${limit}" "${verdict}" >>"${LOG_DIR}/timings.txt"
+}
+: >"${LOG_DIR}/timings.txt"
 
 # recap_check LOG WHAT: every host line of the PLAY RECAP in LOG has changed=0 failed=0
 # unreachable=0 (at least one host line must be there).
@@ -102,12 +115,6 @@ smoke() {
   [[ -f ${report} ]] || die "smoketest.yml (${name}) wrote no ${report}"
   cp "${report}" "${report%.json}-${name}.json"
   say "smoke report (${name}): ${report%.json}-${name}.json"
-}
-
-# restarts HOST: NRestarts of HOST's tpserve.service.
-restarts() {
-  ansible -i "${INVENTORY}" "$1" -m ansible.builtin.command \
-    -a 'systemctl show tpserve.service -p NRestarts --value' | tail -n 1
 }
 
 # node_sh HOST CMD: CMD as root on a lab node (ssh with the lab's key and known_hosts, host key
@@ -278,7 +285,10 @@ blocked_port_case() {
   say "network preflight: failed in ${n} s (serve.yml ${took}s in all), naming ${master} <-> ${victim}; nothing changed, service still active"
 }
 
-if have site.yml; then playbook site-1 site.yml || die "site.yml (first run)"; fi
+if have site.yml; then
+  playbook site-1 site.yml || die "site.yml (first run)"
+  target "site.yml first run" site-1 240
+fi
 
 if have serve.yml && have smoketest.yml; then
   # Layout 1: one TP group over every node (the lab's TP=4 over 4 nodes). Served before the
@@ -299,8 +309,10 @@ if have site.yml; then
   # after the first run), then a dry run.
   playbook site-2 site.yml || die "site.yml (second run)"
   recap_check "${LOG_DIR}/site-2.log" "site.yml second run (idempotence, also after the --limit rebuild)"
+  target "site.yml no-op" site-2 45
   playbook site-check site.yml --check --diff || die "site.yml --check --diff"
   recap_check "${LOG_DIR}/site-check.log" "site.yml --check --diff"
+  target "site.yml --check --diff" site-check 45
 fi
 
 if have serve.yml && have smoketest.yml && full "rebuild, kill -9, replicas, monitoring"; then
@@ -309,24 +321,9 @@ if have serve.yml && have smoketest.yml && full "rebuild, kill -9, replicas, mon
   playbook serve-rebuilt serve.yml || die "serve.yml after the node rebuild"
   smoke rebuilt
 
-  # A rank dies (kill -9 on the third node): every node's unit must restart (survivors fail at
-  # their next collective/heartbeat) and the group must come back; serve.yml (changed=0) waits
-  # for /health and the smoke test must pass again.
-  victim=${nodes[2]:-${nodes[-1]}}
-  master_before=$(restarts "${nodes[0]}")
-  say "kill -9 the rank on ${victim}"
-  t_kill=${SECONDS}
-  ansible -i "${INVENTORY}" "${victim}" -m ansible.builtin.shell \
-    -a 'pkill -9 -u tpserve -f -- "-m tpserve --local_rank"' || die "no rank to kill on ${victim}"
-  until (($(restarts "${nodes[0]}") > master_before)); do
-    ((SECONDS - t_kill < 300)) || die "the master's unit did not restart within 300s of the kill"
-    sleep 3
-  done
-  say "the master's unit restarted $((SECONDS - t_kill))s after the kill"
-  playbook serve-recovered serve.yml || die "serve.yml after the kill"
-  recap_check "${LOG_DIR}/serve-recovered.log" "serve.yml after the kill"
-  say "group ready again $((SECONDS - t_kill))s after the kill"
-  smoke recovered
+  # A rank killed (kill -9) and the group's recovery: `make chaos` (tests/chaos/run.sh kill-rank:
+  # with streams in flight, every unit restarted, serve.yml changed=0, smoketest.yml), no longer
+  # here since issue 16.4 (make test <= 25 min; it cost ~80 s: the restart, serve.yml, a smoke test).
 
   # Layout 2: an independent TP=1 group per node behind the router on the master.
   replicas=(-e tpserve_layout=replicas -e tpserve_tp_size=1)
@@ -344,5 +341,20 @@ if have serve.yml && have smoketest.yml && full "rebuild, kill -9, replicas, mon
     tests/monitoring/run.sh || die "monitoring (tests/monitoring/run.sh)"
   say "monitoring: passed in $((SECONDS - t_mon))s"
 fi
+# The stage reports as one picture (issue 16.6), where matplotlib is available (make smoke-plot
+# makes .venv-plot); never a test failure.
+plot_py=""
+if [[ -x .venv-plot/bin/python ]]; then
+  plot_py=.venv-plot/bin/python
+elif python -c 'import matplotlib' 2>/dev/null; then
+  plot_py=python
+fi
+inv_name=$(basename "${INVENTORY}")
+if [[ -n ${plot_py} ]] && compgen -G "reports/smoke-${inv_name}-*.json" >/dev/null; then
+  "${plot_py}" roles/smoketest/files/smoke_plot.py "reports/smoke-${inv_name}"-*.json \
+    --out "reports/smoke-${inv_name}.png" || say "the smoke plot failed (not a test failure)"
+fi
+say "issue 16.3 targets (${LOG_DIR}/timings.txt):
+$(column -t -s $'\t' "${LOG_DIR}/timings.txt" 2>/dev/null || cat "${LOG_DIR}/timings.txt")"
 say "passed (scope ${SCOPE}); each run's wall time (${LOG_DIR}/times.txt):"
 cat "${LOG_DIR}/times.txt"

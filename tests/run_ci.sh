@@ -35,9 +35,31 @@ clean_shm() {
     \( -name 'deepspeed_allreduce_buffer_*' -o -name 'torch_*' -o -name 'tpserve*' \) 2>/dev/null)
 }
 
+# The lab's node image, made in the background from the pipeline's start (image_prefetch): on a
+# fresh machine debootstrap (about a minute, mostly network and disk) overlaps lint and the unit
+# tests instead of delaying the first lab. Waited for before the first lab stage, and at the end.
+image_pid=""
+image_log=""
+image_prefetch() {
+  image_log=$(mktemp /tmp/tpserve-ci-image.XXXXXX)
+  tests/lab/lab.sh image >"${image_log}" 2>&1 &
+  image_pid=$!
+}
+image_wait() {
+  [[ -n ${image_pid} ]] || return 0
+  local rc=0
+  wait "${image_pid}" || rc=$?
+  image_pid=""
+  sed 's/^/run_ci: (node image, in the background) /' "${image_log}"
+  rm -f "${image_log}"
+  # not fatal here: lab.sh up builds the image itself (and says why it cannot)
+  ((rc == 0)) || echo "run_ci: the background node image build failed (exit ${rc}); lab.sh up will retry" >&2
+}
+
 finish() {
   local rc=$?
   trap - EXIT INT TERM
+  image_wait
   if ((teardown_labs)); then
     say "teardown: default lab and molecule labs"
     tests/lab/lab.sh down || echo "run_ci: WARNING: could not take the default lab down" >&2
@@ -101,6 +123,7 @@ stage_unit() {
 stage_molecule() {
   local dir name any=0
   teardown_labs=1
+  image_wait
   step "lab selftest" tests/lab/selftest.sh
   for dir in molecule/*/; do
     name=$(basename "${dir}")
@@ -113,6 +136,7 @@ stage_molecule() {
 
 stage_integration() {
   teardown_labs=1
+  image_wait
   step integration tests/integration.sh
 }
 
@@ -132,4 +156,5 @@ done
   echo "run_ci: .venv is missing: run 'make venv' first" >&2
   exit 1
 }
+if ((teardown_labs)); then image_prefetch; fi
 for s in "${stages[@]}"; do "stage_${s}"; done

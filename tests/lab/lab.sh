@@ -2,7 +2,11 @@
 # The local lab: N Debian podman nodes (systemd + sshd) on a private bridge: Debian 12 (bookworm,
 # the default) or Debian 13 (trixie), chosen by LAB_RELEASE.
 #
-#   tests/lab/lab.sh up|down|status
+#   tests/lab/lab.sh up|down|status|image
+#
+# `image` only makes sure the node image is there (built with debootstrap or loaded from the cache
+# archive): tests/run_ci.sh starts it in the background at the start of a pipeline, so a fresh
+# machine builds the image while lint and the unit tests run.
 #
 # Knobs (environment):
 #   LAB_NODES      number of nodes, 2..8 (default 4)
@@ -554,7 +558,11 @@ main() {
       do_down
       ;;
     status) do_status ;;
-    *) die "usage: $(basename "$0") up|down|status" ;;
+    image)
+      ensure_prereqs
+      ensure_image
+      ;;
+    *) die "usage: $(basename "$0") up|down|status|image" ;;
   esac
 }
 

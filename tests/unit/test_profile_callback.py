@@ -41,3 +41,16 @@ def test_ansible_prints_the_profile(tmp_path: Path, monkeypatch) -> None:
     lines = run.out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("tpserve_profile:"))
     assert lines[head + 1].endswith("slow one") and float(lines[head + 1].split()[0]) >= 1.0
+    # the command ran on localhost (the controller), the debug is controller-side: no node work
+    assert "tpserve_profile: 0 module runs on the nodes (none)" in lines
+
+
+def test_module_runs_count_node_work_only() -> None:
+    runs = profile.RemoteRuns()
+    runs.add("ansible.builtin.command", "te1")
+    runs.add("ansible.builtin.copy", "te2", "te1")  # delegated: the delegate ran it
+    runs.add("ansible.builtin.assert", "te1")  # controller-side actions do not count
+    runs.add("set_fact", "te2")
+    runs.add("ansible.builtin.command", "te1", "localhost")  # delegated to the controller
+    assert runs.report() == "tpserve_profile: 2 module runs on the nodes (te1 2)"
+    assert profile.RemoteRuns().report() == "tpserve_profile: 0 module runs on the nodes (none)"

@@ -1,0 +1,1 @@
+../../model/action_plugins/tpserve_watch.py
