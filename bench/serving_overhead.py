@@ -141,17 +141,9 @@ def run_setting(tok: Any, streams: int, tokens: int) -> dict[str, float]:
         steps = sched.steps - steps0
         service.begin_drain()
         thread.join(30)
-    for text, script in zip(texts, scripts, strict=True):
-        expected = tok.decode(script, skip_special_tokens=True)
-        assert text == expected, f"streamed text != full decode:\n{text!r}\n{expected!r}"
-    n = streams * tokens
-    return {
-        "wall_us_per_token": 1e6 * wall / n,
-        "sched_cpu_us_per_token": 1e6 * (cpu["sched"] - engine.cpu_s) / n,
-        "loop_cpu_us_per_token": 1e6 * loop_cpu / n,
-        "step_ms": 1e3 * wall / max(steps, 1),
-        "steps": steps,
-    }
+    return _result(
+        tok, texts, scripts, streams * tokens, wall, cpu["sched"] - engine.cpu_s, loop_cpu, steps
+    )
 
 
 def _core_process(scripts: dict[int, list[int]], max_batch: int, tokens: int, out: Any) -> None:
@@ -239,16 +231,38 @@ def run_setting_split(tok: Any, streams: int, tokens: int) -> dict[str, float]:
         texts, wall, loop_cpu = asyncio.run(main())
     res = out.get(timeout=60)
     core.join(30)
+    return _result(
+        tok,
+        texts,
+        scripts,
+        streams * tokens,
+        wall,
+        res["sched"] - res["engine"],
+        loop_cpu,
+        res["steps"],
+    )
+
+
+def _result(
+    tok: Any,
+    texts: list[str],
+    scripts: Any,
+    n: int,
+    wall: float,
+    sched_cpu: float,
+    loop_cpu: float,
+    steps: int,
+) -> dict[str, float]:
+    """Check every streamed text against a full decode of its script, then the per-token figures."""
     for text, script in zip(texts, scripts, strict=True):
         expected = tok.decode(script, skip_special_tokens=True)
         assert text == expected, f"streamed text != full decode:\n{text!r}\n{expected!r}"
-    n = streams * tokens
     return {
         "wall_us_per_token": 1e6 * wall / n,
-        "sched_cpu_us_per_token": 1e6 * (res["sched"] - res["engine"]) / n,
+        "sched_cpu_us_per_token": 1e6 * sched_cpu / n,
         "loop_cpu_us_per_token": 1e6 * loop_cpu / n,
-        "step_ms": 1e3 * wall / max(res["steps"], 1),
-        "steps": res["steps"],
+        "step_ms": 1e3 * wall / max(steps, 1),
+        "steps": steps,
     }
 
 

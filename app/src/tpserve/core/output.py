@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from tpserve.core.request import Event, Request
+
+log = logging.getLogger(__name__)
 
 
 def on_token(
@@ -31,11 +34,11 @@ def on_token(
     return delta, None
 
 
-def final_event(req: Request, reason: str, error: str | None, kind: str) -> Event:
-    """The request's last event: the held-back text tail (on stop/length), usage and the reason."""
-    tail = req.stream.flush() if req.stream is not None and reason in ("stop", "length") else ""
+def final_event(req: Request, reason: str, error: str | None = None, kind: str = "capacity") -> Event:
+    """The request's last event: the held-back text tail (on stop/length), usage and the reason.
+    Scheduler (in-process front end) and core client (front end process) both end requests here."""
     return Event(
-        text=tail,
+        text=_tail(req, reason),
         finish_reason=reason,
         prompt_tokens=len(req.prompt_ids),
         completion_tokens=len(req.output_ids),
@@ -43,3 +46,15 @@ def final_event(req: Request, reason: str, error: str | None, kind: str) -> Even
         error_kind=kind,
         output_ids=list(req.output_ids),
     )
+
+
+def _tail(req: Request, reason: str) -> str:
+    """The held-back text (a possible stop string's start) once the request ends normally."""
+    if req.stream is None or reason not in ("stop", "length"):
+        return ""
+    try:
+        return req.stream.flush()
+    except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped
+        log.exception("request %d: final text could not be decoded", req.uid)
+        req.stream = None
+        return ""

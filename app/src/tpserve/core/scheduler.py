@@ -411,10 +411,5 @@ class Scheduler:
         req.finish_reason = reason
         self.metrics.finished.labels(reason=reason).inc()
         self.metrics.request_seconds.observe(time.monotonic() - req.created)
-        try:
-            final = output.final_event(req, reason, error, kind)
-        except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped
-            log.exception("request %d: final text could not be decoded", req.uid)
-            req.stream = None
-            final = output.final_event(req, reason, error, kind)
+        final = output.final_event(req, reason, error, kind)
         self._outbox.append((req, final))

@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from tpserve.core import ipc
+from tpserve.core import ipc, output
 from tpserve.core.request import Event, Request
 from tpserve.core.service import Service
 from tpserve.core.textstream import TextStream
@@ -260,44 +260,13 @@ class CoreClient:
                 continue
             req.output_ids = list(final.output_ids)
             req.finish_reason = final.reason
-            req.events.put_nowait(
-                Event(
-                    text=self._tail(req, final.reason),
-                    finish_reason=final.reason,
-                    prompt_tokens=final.prompt_tokens,
-                    completion_tokens=final.completion_tokens,
-                    error=final.error,
-                    error_kind=final.kind,
-                    output_ids=req.output_ids,
-                )
-            )
-
-    @staticmethod
-    def _tail(req: Request, reason: str) -> str:
-        """The held-back text (a possible stop string's start) once the request ends normally."""
-        if req.stream is None or reason not in ("stop", "length"):
-            return ""
-        try:
-            return req.stream.flush()
-        except Exception:  # the text so far was sent; a tail that cannot be decoded is dropped
-            log.exception("request %d: final text could not be decoded", req.uid)
-            return ""
+            req.events.put_nowait(output.final_event(req, final.reason, final.error, final.kind))
 
     def _end(self, req: Request, reason: str, error: str | None = None, kind: str = "capacity") -> None:
         """End a request here (stop string, detokenizer failure) and have the core free it."""
         self.live.pop(req.uid, None)
         req.finish_reason = reason
-        req.events.put_nowait(
-            Event(
-                text=self._tail(req, reason),
-                finish_reason=reason,
-                prompt_tokens=len(req.prompt_ids),
-                completion_tokens=len(req.output_ids),
-                error=error,
-                error_kind=kind,
-                output_ids=list(req.output_ids),
-            )
-        )
+        req.events.put_nowait(output.final_event(req, reason, error, kind))
         self._send(ipc.Cancel([req.uid]))
 
     def _on_stopped(self) -> None:
