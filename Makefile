@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := python3 python3-venv podman runc debootstrap zstd openssh-client pdsh rsync shellcheck
 VENV_INPUTS := requirements/controller.txt app/requirements.lock $(wildcard app/pyproject.toml)
 
-.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration integration-trixie lock-check test demo smoke-plot chaos load monitoring clean
+.PHONY: help venv deps deps-ensure lab-up lab-down lab-status lint unit molecule integration integration-trixie integration-jakarta lock-check test demo smoke-plot chaos load monitoring clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,11 @@ integration-trixie: venv ## 2 Debian 13 nodes: site.yml twice (changed=0) + --ch
 	@rc=0; $(T13_LAB) INTEGRATION_SCOPE=release INTEGRATION_ARGS="-e tpserve_tp_size=2" \
 	  INTEGRATION_LOG_DIR=reports/integration-trixie tests/integration.sh || rc=$$?; \
 	$(T13_LAB) tests/lab/lab.sh down; exit $$rc
+
+# Jakarta's group_vars on a private 4-node lab, only what the lab forces overridden (tests/lab/jakarta-overrides.yml).
+JK_LAB := LAB_NODES=4 LAB_PREFIX=jk- LAB_SUBNET=10.89.31.0/24 LAB_NETWORK=tpserve-jk LAB_INVENTORY=/tmp/jk-inv
+integration-jakarta: venv ## inventory/jakarta's group_vars on 4 lab nodes (overrides printed): site.yml twice (changed=0), serve.yml, smoketest.yml via HAProxy; lab down
+	$(JK_LAB) tests/jakarta_on_lab.sh
 
 lock-check: venv ## which CPython versions the lock installs on (PyPI, no download); records tests/lock/python-support.json
 	$(VENV)/bin/python tests/lock/python_support.py --write
