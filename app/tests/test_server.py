@@ -403,8 +403,12 @@ def test_non_streaming_client_disconnect_frees_the_sequence(
     else:
         body["messages"] = [{"role": "user", "content": "go on and on"}]
     before, cancelled_before = series(server, OUTPUT_TOKENS), series(server, CANCELLED)
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes the socket
-        httpx.post(server.base_url + path, json=body, headers=auth, timeout=httpx.Timeout(10, read=0.3))
+    try:  # the client gives up after 0.3 s and closes the socket
+        r = httpx.post(server.base_url + path, json=body, headers=auth, timeout=httpx.Timeout(10, read=0.3))
+    except httpx.ReadTimeout:
+        pass
+    else:
+        pytest.fail(f"answered within 0.3 s: {r.status_code} {r.text[:500]}")
     left = time.monotonic()
     wait_cancelled(server, cancelled_before)
     freed_after = time.monotonic() - left
