@@ -289,3 +289,15 @@ def test_the_step_watchdog_exits_at_its_limit_not_at_its_next_tick() -> None:
     code = proc.wait(timeout=30)
     took = time.monotonic() - busy_at  # CLOCK_MONOTONIC: one clock for both processes
     assert code == 3 and 4.0 <= took < 4.4, (code, took)
+
+
+def test_health_says_stalled_before_the_group_exits_by_default() -> None:
+    """/health's stall threshold is below both timeouts at which a partitioned group exits (the control
+    channel's, --heartbeat-timeout, and the step watchdog's): with 30 s = the heartbeat timeout, a lab
+    partition took the group down 30.1 s after the DROP and /health never said 503 before it did."""
+    from tpserve.config import ServeConfig
+
+    cfg = ServeConfig()
+    assert cfg.stall_timeout_s + 5 <= min(cfg.heartbeat_timeout_s, cfg.step_timeout_s), cfg
+    # idle: the heartbeat rule's threshold (max of the stall timeout and two heartbeat intervals) too
+    assert max(cfg.stall_timeout_s, 2 * cfg.heartbeat_interval_s) + 5 <= cfg.heartbeat_timeout_s
