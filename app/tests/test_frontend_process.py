@@ -248,7 +248,7 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
     ends, it does not hang), the launcher exits non-zero."""
     srv = LaunchedServer(
         model_dir, tmp_path / "hung-peer.log",
-        extra=("--step-timeout", "6", "--stall-timeout", "3", "--heartbeat-timeout", "20"),
+        extra=("--step-timeout", "10", "--stall-timeout", "3", "--heartbeat-timeout", "30"),
     )  # fmt: skip
     rank1 = None
     try:
@@ -276,9 +276,11 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
         t0 = time.monotonic()
         seen: list[tuple[float, str, float]] = []
         while not _gone(core) and time.monotonic() - t0 < 30:
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 h = httpx.get(srv.base_url + "/health", timeout=2).json()
                 seen.append((round(time.monotonic() - t0, 2), h["status"], h["step_age_sec"]))
+            except httpx.HTTPError as exc:  # kept: a front end that stops answering shows here
+                seen.append((round(time.monotonic() - t0, 2), type(exc).__name__, -1.0))
             time.sleep(0.2)
         core_took = time.monotonic() - t0
         assert _gone(core), f"rank 0 still running 30 s after its peer hung: {seen[-3:]}"
@@ -294,12 +296,12 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
             f"({result['chunks']} chunks, {result.get('error', result.get('last'))})"
         )
         assert stalled and all(s[2] > 3 for s in stalled), seen
-        assert stalled[0][0] < 6, seen  # before the watchdog's exit
+        assert stalled[0][0] < 10, seen  # before the watchdog's exit
         assert "[DONE]" not in str(result.get("last")), result  # not a normal end: the stream was cut
-        assert core_took < 6 + 5, seen[-3:]
+        assert core_took < 10 + 5, seen[-3:]
         assert srv.proc.wait(timeout=40) != 0
         log = srv.log_path.read_text(errors="replace")
-        assert "a step has been running for more than 6 s" in log, log[-3000:]
+        assert "a step has been running for more than 10 s" in log, log[-3000:]
     finally:
         if rank1 is not None:
             with contextlib.suppress(psutil.Error):
