@@ -248,7 +248,8 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
     ends, it does not hang), the launcher exits non-zero."""
     srv = LaunchedServer(
         model_dir, tmp_path / "hung-peer.log",
-        extra=("--step-timeout", "10", "--stall-timeout", "3", "--heartbeat-timeout", "30"),
+        extra=("--step-timeout", "10", "--stall-timeout", "3", "--heartbeat-timeout", "30",
+               "--max-new-tokens", "3000"),
     )  # fmt: skip
     rank1 = None
     try:
@@ -258,7 +259,7 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
         result: dict[str, object] = {"chunks": 0}
 
         def stream() -> None:
-            body = {"model": "tiny", "prompt": "hang", "max_tokens": 500, "ignore_eos": True, "stream": True}
+            body = {"model": "tiny", "prompt": "hang", "max_tokens": 3000, "ignore_eos": True, "stream": True}
             try:
                 with httpx.stream("POST", srv.base_url + "/v1/completions", json=body, timeout=60) as s:
                     for line in s.iter_lines():
@@ -274,13 +275,14 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
         assert first.wait(60), srv.log_tail()
         rank1.suspend()
         t0 = time.monotonic()
-        seen: list[tuple[float, str, float]] = []
+        seen: list[tuple[float, str, float, float]] = []  # (s after the stop, status, step/heartbeat age)
         while not _gone(core) and time.monotonic() - t0 < 30:
             try:
                 h = httpx.get(srv.base_url + "/health", timeout=2).json()
-                seen.append((round(time.monotonic() - t0, 2), h["status"], h["step_age_sec"]))
+                ages = h["step_age_sec"], h["heartbeat_age_sec"]
+                seen.append((round(time.monotonic() - t0, 2), h["status"], *ages))
             except httpx.HTTPError as exc:  # kept: a front end that stops answering shows here
-                seen.append((round(time.monotonic() - t0, 2), type(exc).__name__, -1.0))
+                seen.append((round(time.monotonic() - t0, 2), type(exc).__name__, -1.0, -1.0))
             time.sleep(0.2)
         core_took = time.monotonic() - t0
         assert _gone(core), f"rank 0 still running 30 s after its peer hung: {seen[-3:]}"
@@ -295,7 +297,7 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
             f"rank 0 gone after {core_took:.1f} s, stream ended after {stream_took:.1f} s "
             f"({result['chunks']} chunks, {result.get('error', result.get('last'))})"
         )
-        assert stalled and all(s[2] > 3 for s in stalled), seen
+        assert stalled and all(max(s[2], s[3]) > 3 for s in stalled), seen
         assert stalled[0][0] < 10, seen  # before the watchdog's exit
         assert "[DONE]" not in str(result.get("last")), result  # not a normal end: the stream was cut
         assert core_took < 10 + 5, seen[-3:]
