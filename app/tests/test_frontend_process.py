@@ -236,3 +236,77 @@ def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_pa
     with contextlib.suppress(OSError):
         os.kill(fe.pid, 0)
         pytest.fail("front end still running")
+
+
+def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The one-host stand-in for the lab's `partition` scenario (a DROP between the nodes while a
+    stream runs): rank 1 stopped (SIGSTOP) after the stream's first token. The front end keeps
+    answering /health from the core's Status pushes and says 'stalled' (step age > --stall-timeout);
+    the core's step watchdog (--step-timeout) exits rank 0, the front end goes with it (the stream
+    ends, it does not hang), the launcher exits non-zero."""
+    srv = LaunchedServer(
+        model_dir, tmp_path / "hung-peer.log",
+        extra=("--step-timeout", "10", "--stall-timeout", "3", "--heartbeat-timeout", "30",
+               "--max-new-tokens", "3000"),
+    )  # fmt: skip
+    rank1 = None
+    try:
+        srv.wait_ready()
+        fe, core, rank1 = _pids(srv)
+        first, ended = threading.Event(), threading.Event()
+        result: dict[str, object] = {"chunks": 0}
+
+        def stream() -> None:
+            body = {"model": "tiny", "prompt": "hang", "max_tokens": 3000, "ignore_eos": True, "stream": True}
+            try:
+                with httpx.stream("POST", srv.base_url + "/v1/completions", json=body, timeout=60) as s:
+                    for line in s.iter_lines():
+                        if line.startswith("data: {"):
+                            result["chunks"] = int(result["chunks"]) + 1  # type: ignore[call-overload]
+                            first.set()
+                        result["last"] = line
+            except httpx.HTTPError as exc:  # the connection cut when the front end went
+                result["error"] = repr(exc)
+            ended.set()
+
+        threading.Thread(target=stream, daemon=True).start()
+        assert first.wait(60), srv.log_tail()
+        rank1.suspend()
+        t0 = time.monotonic()
+        seen: list[tuple[float, str, float, float]] = []  # (s after the stop, status, step/heartbeat age)
+        while not _gone(core) and time.monotonic() - t0 < 30:
+            try:
+                h = httpx.get(srv.base_url + "/health", timeout=2).json()
+                ages = h["step_age_sec"], h["heartbeat_age_sec"]
+                seen.append((round(time.monotonic() - t0, 2), h["status"], *ages))
+            except httpx.HTTPError as exc:  # kept: a front end that stops answering shows here
+                seen.append((round(time.monotonic() - t0, 2), type(exc).__name__, -1.0, -1.0))
+            time.sleep(0.2)
+        core_took = time.monotonic() - t0
+        assert _gone(core), f"rank 0 still running 30 s after its peer hung: {seen[-3:]}"
+        while not _gone(fe):
+            assert time.monotonic() - t0 < core_took + 5, "the front end outlived the engine core"
+            time.sleep(0.05)
+        assert ended.wait(5), "the stream still open after the group went"
+        stream_took = time.monotonic() - t0
+        stalled = [s for s in seen if s[1] == "stalled"]
+        print(
+            f"rank 1 stopped mid-stream: /health stalled after {stalled[0][0] if stalled else None} s, "
+            f"rank 0 gone after {core_took:.1f} s, stream ended after {stream_took:.1f} s "
+            f"({result['chunks']} chunks, {result.get('error', result.get('last'))})"
+        )
+        assert stalled and all(max(s[2], s[3]) > 3 for s in stalled), seen
+        assert stalled[0][0] < 10, seen  # before the watchdog's exit
+        assert "[DONE]" not in str(result.get("last")), result  # not a normal end: the stream was cut
+        assert core_took < 10 + 5, seen[-3:]
+        assert srv.proc.wait(timeout=40) != 0
+        log = srv.log_path.read_text(errors="replace")
+        assert "a step has been running for more than 10 s" in log, log[-3000:]
+    finally:
+        if rank1 is not None:
+            with contextlib.suppress(psutil.Error):
+                rank1.resume()
+        srv.stop()
+        remove_shm_buffers(srv.master_port)

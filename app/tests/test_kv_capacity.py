@@ -126,3 +126,26 @@ def test_autotp_lone_sequence_at_max_seq_len_ends_with_length(model_dir: Path) -
     finally:
         r.stop()
     assert r.crash is None, r.crash
+
+
+def test_fastgen_three_sequences_fill_the_pool_only_the_newest_is_preempted_then_the_next() -> None:
+    """Three sequences outgrow the pool together: the newest is preempted and its blocks are freed
+    before anything else is decided, so the middle one goes on (before: it was preempted in the same
+    step, the newest's blocks still counted as taken) until IT no longer fits beside the oldest."""
+    engine = PagedFastGen(blocks=6)  # 96 tokens: 3 sequences of 32 fill it
+    r = Running(engine, decode=letters)
+    try:
+        (a, ra), (b, rb), (c, rc) = r.run_many(
+            [(list(range(3, 13)), LONG), (list(range(20, 30)), LONG), (list(range(40, 50)), LONG)]
+        )
+        for events in (b, c):
+            assert events[-1].finish_reason == "error" and "preempted" in (events[-1].error or ""), events[-1]
+        # c went when the three no longer fitted (about 32 tokens each); b went on to about 48 tokens,
+        # when two no longer fitted, and a to the end of the pool
+        assert 10 + len(rc.output_ids) <= 33, len(rc.output_ids)
+        assert 10 + len(rb.output_ids) >= 47, (len(rb.output_ids), len(rc.output_ids))
+        assert a[-1].finish_reason == "length", a[-1]
+        assert 10 + len(ra.output_ids) == 97, len(ra.output_ids)
+    finally:
+        r.stop()
+    assert r.crash is None, r.crash

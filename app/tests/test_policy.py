@@ -49,7 +49,13 @@ def test_what_no_longer_fits_is_preempted_newest_first() -> None:
     old, mid, new = req(5, decoding=True), req(5, decoding=True), req(5, decoding=True)
     fits = lambda batch: len(batch) <= 1  # noqa: E731
     plan = policy.plan_step([old, mid, new], fits, None)
-    assert plan.preempt == [new, mid] and plan.batch == [old]
+    # one at a time: the newest's room is freed before the caller plans again (a middle one is not
+    # preempted for room the newest held)
+    assert plan.preempt == [new] and plan.batch == []
+    plan = policy.plan_step([old, mid], fits, None)
+    assert plan.preempt == [mid] and plan.batch == []
+    plan = policy.plan_step([old], fits, None)
+    assert plan.preempt == [] and plan.batch == [old]
 
 
 @pytest.mark.parametrize(("decoding", "field"), [(True, "at_capacity"), (False, "too_big")])

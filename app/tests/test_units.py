@@ -259,3 +259,45 @@ def test_serving_properties_refuse_with_the_key(
     with pytest.raises(SystemExit) as exc:
         config_from_args(["--serving-properties", str(props), "--model", str(model_dir)])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+# -- the step watchdog -------------------------------------------------------------------------
+def test_the_step_watchdog_exits_at_its_limit_not_at_its_next_tick() -> None:
+    """A step that runs past --step-timeout exits the rank (code 3) at the limit itself. Before, the
+    watchdog looked once a second from its start: a step begun 0.5 s after it was seen 4.5 s later
+    with a 4 s limit (the lab's partition: the stream was cut 33.5-34.0 s after the DROP, limit 33 s)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import tpserve
+
+    child = (
+        "import time\n"
+        "from tpserve.control.ranks import Watchdog\n"
+        "w = Watchdog(4.0)\n"
+        "time.sleep(0.5)\n"
+        "w.busy()\n"
+        "print(time.monotonic(), flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(tpserve.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    busy_at = float(proc.stdout.readline())
+    code = proc.wait(timeout=30)
+    took = time.monotonic() - busy_at  # CLOCK_MONOTONIC: one clock for both processes
+    assert code == 3 and 4.0 <= took < 4.4, (code, took)
+
+
+def test_health_says_stalled_before_the_group_exits_by_default() -> None:
+    """/health's stall threshold is below both timeouts at which a partitioned group exits (the control
+    channel's, --heartbeat-timeout, and the step watchdog's): with 30 s = the heartbeat timeout, a lab
+    partition took the group down 30.1 s after the DROP and /health never said 503 before it did."""
+    from tpserve.config import ServeConfig
+
+    cfg = ServeConfig()
+    assert cfg.stall_timeout_s + 5 <= min(cfg.heartbeat_timeout_s, cfg.step_timeout_s), cfg
+    # idle: the heartbeat rule's threshold (max of the stall timeout and two heartbeat intervals) too
+    assert max(cfg.stall_timeout_s, 2 * cfg.heartbeat_interval_s) + 5 <= cfg.heartbeat_timeout_s

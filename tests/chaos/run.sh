@@ -349,19 +349,22 @@ scenario_security() {
   fi
 }
 
-# in_netns HOST CMD...: run CMD in HOST's network namespace (from the lab host: the nodes have no
+# VICTIM_PID: the PID of VICTIM's container (its network namespace), read by partition() before the
+# DROP's clock starts: `podman inspect` waits for podman's lock, seconds when other labs run podman
+# (one run measured from before two inspects started its /health polls 8 s late: a 503 "after 36 s"
+# that came 30 s after the last answered heartbeat).
+VICTIM_PID=""
+
+# in_netns CMD...: run CMD in VICTIM's network namespace (from the lab host: the nodes have no
 # firewall tools, and a rule made this way cannot cut the ssh the test itself uses).
 in_netns() {
-  local host=$1 pid
-  shift
-  pid=$(podman inspect -f '{{.State.Pid}}' "$(container_of "${host}")")
-  nsenter -t "${pid}" -n "$@"
+  nsenter -t "${VICTIM_PID}" -n "$@"
 }
 
 # partition_rules ACTION: insert (-I) or delete (-D) the DROP between VICTIM and the master, both ways.
 partition_rules() {
-  in_netns "${VICTIM}" iptables -w "$1" INPUT -s "${MASTER_ADDR}" -j DROP &&
-    in_netns "${VICTIM}" iptables -w "$1" OUTPUT -d "${MASTER_ADDR}" -j DROP
+  in_netns iptables -w "$1" INPUT -s "${MASTER_ADDR}" -j DROP &&
+    in_netns iptables -w "$1" OUTPUT -d "${MASTER_ADDR}" -j DROP
 }
 
 # partition MODE (stream | idle): a DROP between the master and VICTIM, both ways. stream: one stream of
@@ -373,7 +376,7 @@ partition() {
   local mode=$1 name=partition tag=partition
   [[ ${mode} == stream ]] || name=partition-idle tag=partition-idle
   ensure_serving
-  local started=${LOGS}/${tag}.started inflight="" t_drop t_503=timeout t_gone=none t_undo rec=timeout code last="" codes=() rc=0
+  local started=${LOGS}/${tag}.started inflight="" t_drop t_in t_503=timeout t_gone=none t_undo rec=timeout code last="" codes=() rc=0
   local restarts0 restarts1 limit=${CHAOS_PARTITION_LIMIT:-35} health_log=${LOGS}/${tag}-health.log
   restarts0=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
   rm -f "${started}" "${health_log}"
@@ -389,10 +392,12 @@ partition() {
   else
     sleep 6 # at least one idle heartbeat (every min(5 s, heartbeat timeout / 6)) before the DROP
   fi
+  VICTIM_PID=$(podman inspect -f '{{.State.Pid}}' "$(container_of "${VICTIM}")")
   trap 'partition_rules -D 2>/dev/null || true' EXIT
   t_drop=$(date +%s.%N)
   partition_rules -I
-  say "${name}: DROP between ${VICTIM} and ${MASTER} (${MASTER_ADDR}) in ${VICTIM}'s netns"
+  t_in=$("${PY}" -c "print(round($(date +%s.%N) - ${t_drop}, 2))")
+  say "${name}: DROP between ${VICTIM} and ${MASTER} (${MASTER_ADDR}) in ${VICTIM}'s netns (rules in place ${t_in}s after the clock started)"
   # Poll /health (2 s client timeout) until the end condition above, 90 s at most.
   while :; do
     local now body at
@@ -436,7 +441,7 @@ print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/${tag}-in
     sleep 1
   done
   restarts1=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
-  local detail="/health 503 after ${t_503}s, no answer after ${t_gone}s (codes ${codes[*]}); serving again (health + chat) ${rec}s after the DROP was removed; master NRestarts ${restarts0}->${restarts1}"
+  local detail="(DROP rules in place after ${t_in}s) /health 503 after ${t_503}s, no answer after ${t_gone}s (codes ${codes[*]}); serving again (health + chat) ${rec}s after the DROP was removed; master NRestarts ${restarts0}->${restarts1}"
   [[ ${mode} != stream ]] || detail="stream ${outcome} ${end}s after the DROP; ${detail}"
   local ok=yes
   [[ ${t_503} != timeout && ${rec} != timeout ]] || ok=no

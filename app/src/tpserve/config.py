@@ -64,7 +64,14 @@ class ServeConfig:
         "and systemd's TimeoutStopSec",
         gt=0,
     )
-    stall_timeout_s: float = setting(30.0, "/health says 503 'stalled' when a step runs this long", gt=0)
+    stall_timeout_s: float = setting(
+        20.0,
+        "/health says 503 'stalled' when a step runs this long, or the other ranks have not answered for "
+        "this long; keep it below --heartbeat-timeout and --step-timeout, at which the group exits (with 30 "
+        "s, the heartbeat timeout, a partitioned step's control timeout took the group down 30.1 s after a "
+        "lab DROP before /health had said 503)",
+        gt=0,
+    )
     kv_cache_gb: float = setting(
         0.0, "fastgen: KV cache per GPU in GiB (0: what weights + headroom leave)", min=0
     )

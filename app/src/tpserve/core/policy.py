@@ -46,8 +46,12 @@ def admission(active: list[Request], req: Request, fits: Fits) -> str:
 def plan_step(
     active: list[Request], fits: Fits, token_budget: int | None, max_rows: int | None = None
 ) -> StepPlan:
-    """This step's sequences and chunks, after dropping what no longer fits (newest first).
+    """This step's sequences and chunks, after dropping what no longer fits.
 
+    What does not fit: the newest sequence is preempted and the plan is only that (no batch): its
+    room is freed with the next message, and only then can `fits` tell whether the others fit, so
+    the caller frees it and plans again (one preemption per plan: with three or more sequences a
+    middle one is not preempted for room that the newest was about to free).
     max_rows: at most this many sequences, the oldest (after a CUDA OOM the scheduler halves it);
     the others wait, keeping what the engine holds of them."""
     running = list(active)
@@ -55,12 +59,10 @@ def plan_step(
     while running and not fits(running[:max_rows]):
         if len(running) > 1:
             plan.preempt.append(running.pop())
-        elif plan.preempt:  # the room of those preempted is freed with the next message: wait for it
-            running.pop()
-        else:
-            lone = running.pop()
-            # a recomputed sequence (it has output) is at the cache's end, not a prompt too big
-            (plan.at_capacity if lone.prefilled or lone.output_ids else plan.too_big).append(lone)
+            return plan
+        lone = running.pop()
+        # a recomputed sequence (it has output) is at the cache's end, not a prompt too big
+        (plan.at_capacity if lone.prefilled or lone.output_ids else plan.too_big).append(lone)
     prefilling: list[Request] = []
     for req in running[:max_rows]:
         if req.prefilled:

@@ -259,15 +259,20 @@ class Scheduler:
                 self._finish(req, "timeout")
 
     def _step(self) -> None:
-        plan = policy.plan_step(self.active, self._fits, self.token_budget, self.oom_cap)
-        for req in plan.preempt:  # decoding outgrew the KV cache: the newest sequences go (clients retry)
-            self._finish(req, "error", error="KV cache exhausted; request preempted, retry")
-        for req in plan.at_capacity:  # a lone sequence that outgrows the whole cache ends where it is
-            self._finish(req, "length")
-        for req in plan.too_big:
-            self._finish(req, "error", error="the prompt does not fit the KV cache", kind="internal")
-        if not plan.batch:
-            return
+        while True:
+            plan = policy.plan_step(self.active, self._fits, self.token_budget, self.oom_cap)
+            for req in plan.preempt:  # decoding outgrew the KV cache: the newest sequence goes (it retries)
+                self._finish(req, "error", error="KV cache exhausted; request preempted, retry")
+            for req in plan.at_capacity:  # a lone sequence that outgrows the whole cache ends where it is
+                self._finish(req, "length")
+            for req in plan.too_big:
+                self._finish(req, "error", error="the prompt does not fit the KV cache", kind="internal")
+            if plan.batch:
+                break
+            if not plan.preempt or not self.active:
+                return
+            # one preempted, the others not planned: plan again, _fits frees its room first (a
+            # heartbeat carries the release) when they do not fit without it
         batch, chunks = plan.batch, plan.chunks
         prefills = sum(not r.prefilled for r in batch)
         if prefills:
