@@ -262,6 +262,7 @@ def test_every_message_survives_the_codec() -> None:
         ipc.Outputs(1.0, 2, 3, 4, [1, 2], [5, 6], [ipc.Final(1, "stop", None, "capacity", 3, 4, [1, 2, 3])]),
         ipc.Outputs(1.0, 2, 0, 0, [], [], []),
         ipc.Stopped(),
+        ipc.Stopped("a step has been running for more than 33 s"),
         ipc.Status(1.0, 2, "ok", 0.25, 1, 2, 3, {"x": [1, "你好"]}),
         ipc.MetricsReply(1, b"abc\n"),
     ]

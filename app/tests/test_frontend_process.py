@@ -244,8 +244,9 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
     """The one-host stand-in for the lab's `partition` scenario (a DROP between the nodes while a
     stream runs): rank 1 stopped (SIGSTOP) after the stream's first token. The front end keeps
     answering /health from the core's Status pushes and says 'stalled' (step age > --stall-timeout);
-    the core's step watchdog (--step-timeout) exits rank 0, the front end goes with it (the stream
-    ends, it does not hang), the launcher exits non-zero."""
+    the core's step watchdog (--step-timeout) exits rank 0, telling the front end why first: the
+    stream ends with an SSE error event naming the step timeout (not a cut connection, not a hang),
+    the front end goes, the launcher exits non-zero."""
     srv = LaunchedServer(
         model_dir, tmp_path / "hung-peer.log",
         extra=("--step-timeout", "10", "--stall-timeout", "3", "--heartbeat-timeout", "30",
@@ -263,10 +264,13 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
             try:
                 with httpx.stream("POST", srv.base_url + "/v1/completions", json=body, timeout=60) as s:
                     for line in s.iter_lines():
-                        if line.startswith("data: {"):
+                        if line.startswith('data: {"error"'):
+                            result["error_event"] = line
+                        elif line.startswith("data: {"):
                             result["chunks"] = int(result["chunks"]) + 1  # type: ignore[call-overload]
                             first.set()
-                        result["last"] = line
+                        if line:
+                            result["last"] = line
             except httpx.HTTPError as exc:  # the connection cut when the front end went
                 result["error"] = repr(exc)
             ended.set()
@@ -299,7 +303,9 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
         )
         assert stalled and all(max(s[2], s[3]) > 3 for s in stalled), seen
         assert stalled[0][0] < 10, seen  # before the watchdog's exit
-        assert "[DONE]" not in str(result.get("last")), result  # not a normal end: the stream was cut
+        # not cut: the core told the front end why before the exit, the client got an error event
+        assert "a step has been running for more than 10 s" in str(result.get("error_event")), result
+        assert result.get("last") == "data: [DONE]" and "error" not in result, result
         assert core_took < 10 + 5, seen[-3:]
         assert srv.proc.wait(timeout=40) != 0
         log = srv.log_path.read_text(errors="replace")

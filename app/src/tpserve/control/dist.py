@@ -17,6 +17,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from tpserve.control import stepwire
@@ -44,9 +46,28 @@ def dist_info_from_env() -> DistInfo:
     )
 
 
+_fatal_hooks: list[Callable[[str], None]] = []
+_exiting = threading.Lock()
+
+
+def on_fatal(hook: Callable[[str], None]) -> None:
+    """`hook(message)` runs in `fatal` before the exit (bounded by the hook itself; errors ignored):
+    rank 0's engine core tells its front end process why, so clients get an error, not a cut."""
+    _fatal_hooks.append(hook)
+
+
 def fatal(message: str, code: int = 1) -> None:
-    """Log and leave NOW (no atexit, no waiting on threads): a TP group with a dead rank is useless."""
+    """Log and leave NOW (no atexit, no waiting on threads): a TP group with a dead rank is useless.
+    The first caller exits; a second thread's call (a consequence of the first) only waits for it."""
+    if not _exiting.acquire(blocking=False):
+        log.info("also: %s", message)
+        threading.Event().wait()  # the first caller's os._exit ends this thread too
     log.critical("%s; exiting with %d", message, code)
+    for hook in _fatal_hooks:
+        try:
+            hook(message)
+        except Exception:  # never in the way of the exit
+            log.exception("fatal hook failed")
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)

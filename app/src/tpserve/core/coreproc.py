@@ -19,6 +19,9 @@ stdin, a pipe held here, for EOF); when the front end exits while serving, this 
 the launcher takes the group down (systemd restarts it). Drain: SIGTERM here or there -> 'draining'
 (503 + Retry-After for new requests), in-flight requests finish (at most --drain-timeout), every
 rank is told to shut down, the front end gets Stopped, stops HTTP and exits 0, then this exits 0.
+When the group must exit (dist.fatal: a step past --step-timeout, a failed collective), the front
+end first gets Stopped(why) and answers every request in flight with that error (503; a stream's
+SSE error event), at most ABORT_GRACE_S, then this process exits.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ SEND_TIMEOUT_MS = 30_000
 POLL_MS = 100
 #: After Stopped: how long the front end may take to finish its responses and exit
 FRONTEND_STOP_S = 15.0
+#: The group is exiting (dist.fatal): how long the front end may take to answer what is in flight
+ABORT_GRACE_S = 2.0
 IPC_PATH_MAX = 107  # sockaddr_un.sun_path, less the NUL
 
 
@@ -95,6 +100,7 @@ class CoreServer:
         self.frontend: subprocess.Popen[bytes] | None = None
         self._closing = threading.Event()
         self._io_thread: threading.Thread | None = None
+        self._abort: str | None = None  # why the group exits: the I/O thread tells the front end
 
     def _push(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.PUSH)
@@ -211,9 +217,23 @@ class CoreServer:
             self.cleanup()
             dist.fatal(f"rank 0: front end link failed ({type(exc).__name__}: {exc})", 1)
 
+    def abort(self, reason: str) -> None:
+        """dist.fatal's hook (any thread but the I/O thread): the I/O thread sends Stopped(reason), the
+        front end answers every request in flight with an error (503, retry; an SSE error event) and
+        exits; this waits up to ABORT_GRACE_S for that, then the exit goes on."""
+        io, frontend = self._io_thread, self.frontend
+        if frontend is None or io is None or not io.is_alive() or threading.current_thread() is io:
+            return
+        self._abort = reason
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            frontend.wait(timeout=ABORT_GRACE_S)
+
     def _io_loop(self) -> None:
-        sent_at, sent_phase = 0.0, ""
+        sent_at, sent_phase, aborted = 0.0, "", False
         while not self._closing.is_set():
+            if self._abort is not None and not aborted:
+                aborted = True
+                self._reply(ipc.Stopped(self._abort))
             if self._in.poll(POLL_MS):
                 while True:
                     try:
@@ -309,6 +329,7 @@ def run_core(cfg: ServeConfig, info: Any) -> int:
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     frontend = core.start_frontend(level)
     core.start_io()
+    dist.on_fatal(core.abort)
     finished = threading.Event()
 
     def watch_frontend() -> None:

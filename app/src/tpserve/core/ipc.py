@@ -104,7 +104,10 @@ class Outputs:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Stopped:
-    pass
+    """The step loop ended: drained (error ""), or the group is exiting (error: why; every request
+    still in flight gets an error answer instead of a cut connection)."""
+
+    error: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -220,7 +220,7 @@ class CoreClient:
             self._unlink_when_connected()
             self._maybe_ready()
         elif isinstance(msg, ipc.Stopped):
-            self._on_stopped()
+            self._on_stopped(msg.error)
         else:
             raise ipc.WireError(f"unexpected message from the engine core: {type(msg).__name__}")
 
@@ -269,9 +269,14 @@ class CoreClient:
         req.events.put_nowait(output.final_event(req, reason, error, kind))
         self._send(ipc.Cancel([req.uid]))
 
-    def _on_stopped(self) -> None:
-        """Every rank was told to shut down: whatever is still here gets a clean 503."""
+    def _on_stopped(self, error: str = "") -> None:
+        """Every rank was told to shut down, or the group is exiting (`error`: why): whatever is
+        still here gets a clean 503 (an SSE error event for a stream), not a cut connection."""
+        message = f"the engine stopped ({error}); retry" if error else "the server is shutting down; retry"
         for req in list(self.live.values()):
-            self._end(req, "error", "the server is shutting down; retry")
-        log.info("the engine core stopped its step loop")
+            self._end(req, "error", message)
+        if error:
+            log.error("the engine core is exiting: %s", error)
+        else:
+            log.info("the engine core stopped its step loop")
         self.stopped.set()
