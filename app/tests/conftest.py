@@ -37,10 +37,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+EXTENSIONS_DIR = Path(
+    os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "tpserve" / "torch_extensions")
+)
+STALE_BATON_S = 600  # DeepSpeed's shm op builds in well under a minute here
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A build killed mid-way (a cancelled run) leaves torch's FileBaton `lock` behind, and every later
+    JIT build of the shm op waits on it forever (each server start hangs in init_distributed): one
+    older than any real build is removed, and said so."""
+    for lock in EXTENSIONS_DIR.glob("*/lock"):
+        with contextlib.suppress(OSError):
+            age = time.time() - lock.stat().st_mtime
+            if age > STALE_BATON_S:
+                lock.unlink()
+                print(f"conftest: removed a stale torch extension build lock {lock} ({age / 60:.0f} min old)")
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     env["DS_ACCELERATOR"] = "cpu"
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tpserve" / "torch_extensions"))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.pop("TPSERVE_API_KEY", None)
     return env
