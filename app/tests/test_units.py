@@ -291,6 +291,38 @@ def test_the_step_watchdog_exits_at_its_limit_not_at_its_next_tick() -> None:
     assert code == 3 and 4.0 <= took < 4.4, (code, took)
 
 
+def test_the_step_watchdog_runs_the_fatal_hooks_without_its_lock() -> None:
+    """dist.fatal's hooks run while another thread reads the watchdog: rank 0's engine core waits
+    there (up to 2 s) for its I/O thread to send the front end Stopped(why), and that thread's
+    status reads step_age (Watchdog.busy_for). With fatal called under the watchdog's lock the I/O
+    thread blocked, Stopped never went out, and the lab's mid-stream partition ended as a cut
+    connection (RemoteProtocolError) 2 s after the step timeout instead of an SSE error event."""
+    import os
+    import subprocess
+    import sys
+
+    import tpserve
+
+    child = (
+        "import threading, time\n"
+        "from tpserve.control import dist\n"
+        "from tpserve.control.ranks import Watchdog\n"
+        "w = Watchdog(1.0)\n"
+        "def hook(message):\n"
+        "    t = threading.Thread(target=w.busy_for, daemon=True)\n"
+        "    t.start()\n"
+        "    t.join(2.0)\n"
+        "    print('blocked' if t.is_alive() else 'answered', flush=True)\n"
+        "dist.on_fatal(hook)\n"
+        "w.busy()\n"
+        "time.sleep(30)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(tpserve.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=30)
+    seen = (proc.returncode, proc.stdout.strip())
+    assert seen == (3, "answered"), (seen, proc.stderr[-500:])
+
+
 def test_health_says_stalled_before_the_group_exits_by_default() -> None:
     """/health's stall threshold is below both timeouts at which a partitioned group exits (the control
     channel's, --heartbeat-timeout, and the step watchdog's): with 30 s = the heartbeat timeout, a lab

@@ -4,9 +4,14 @@
 
 Starts N streaming chat completions (ignore_eos, many tokens so they outlive the fault), touches
 FILE once every stream has produced its first token, then waits. Each request ends as
-"completed" ([DONE] seen), "error" (non-200, broken stream, connection reset) or "hang" (no end
-within --timeout). Prints a JSON summary (each request with "end", the wall-clock time it
-ended); exit 1 if any request hung.
+"completed" ([DONE] seen), "error" (non-200, an SSE error event, broken stream, connection reset)
+or "hang" (no end within --timeout). After an SSE error event the stream is read on to its end, and
+"ending" says how it ended: "done" ([DONE] only), "sse-error+done" (an error event, then [DONE]: the
+server answered), "sse-error+cut" / "sse-error+eof" (an error event, then a broken / closed
+connection without [DONE]), "cut" (a broken connection, no error event: ExcName in "detail"),
+"eof" (closed without [DONE] or an error event), "http-NNN", "hang"; "error_message" is the error
+event's message, "last" the stream's last two data lines. Prints a JSON summary (each request with
+"end", the wall-clock time its stream ended); exit 1 if any request hung.
 """
 
 from __future__ import annotations
@@ -33,25 +38,49 @@ async def one(client: httpx.AsyncClient, args: argparse.Namespace, first: asynci
     }
     t0 = time.monotonic()
     chunks = 0
+    last: list[str] = []
+    error: str | None = None
+
+    def ended(outcome: str, ending: str, **extra: object) -> dict:
+        out = {"outcome": outcome, "ending": ending, "chunks": chunks, "s": _dt(t0), "last": last}
+        if error is not None:
+            out["error_message"] = error
+        return {**out, **extra}
+
     try:
         async with asyncio.timeout(args.timeout):
             async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:
                     first.set()
-                    return {"outcome": "error", "detail": f"HTTP {r.status_code}", "s": 0.0}
+                    return ended("error", f"http-{r.status_code}", detail=f"HTTP {r.status_code}")
                 async for line in r.aiter_lines():
-                    if line.startswith("data: "):
-                        chunks += 1
-                        first.set()
-                        if line == "data: [DONE]":
-                            return {"outcome": "completed", "chunks": chunks, "s": _dt(t0)}
-                        if '"error"' in line:
-                            return {"outcome": "error", "detail": line[:200], "s": _dt(t0)}
-        return {"outcome": "error", "detail": "stream ended without [DONE]", "s": _dt(t0)}
+                    if not line.startswith("data: "):
+                        continue
+                    chunks += 1
+                    first.set()
+                    last = [*last[-1:], line[:300]]
+                    if line == "data: [DONE]":
+                        if error is None:
+                            return ended("completed", "done")
+                        return ended("error", "sse-error+done")
+                    if error is None and line.startswith('data: {"error"'):
+                        error = _message(line[6:])  # read on: does [DONE] follow?
+        after = "sse-error+" if error is not None else ""
+        return ended("error", f"{after}eof", detail="stream ended without [DONE]")
     except TimeoutError:
-        return {"outcome": "hang", "chunks": chunks, "s": _dt(t0)}
+        return ended("hang", "hang")
     except httpx.HTTPError as exc:
-        return {"outcome": "error", "detail": type(exc).__name__, "chunks": chunks, "s": _dt(t0)}
+        after = "sse-error+" if error is not None else ""
+        return ended("error", f"{after}cut", detail=type(exc).__name__)
+
+
+def _message(data: str) -> str:
+    """An SSE error event's message (`{"error": {"message": ...}}`), else the raw data."""
+    try:
+        err = json.loads(data)["error"]
+    except (ValueError, KeyError, TypeError):
+        return data[:300]
+    return str(err.get("message", err)) if isinstance(err, dict) else str(err)
 
 
 async def timed(client: httpx.AsyncClient, args: argparse.Namespace, first: asyncio.Event) -> dict:

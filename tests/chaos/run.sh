@@ -24,7 +24,8 @@
 #   security       tests/security/check.sh all (live checks + Vault secrets, see there).
 #   partition      (tp_across_nodes) a firewall DROP between the master and the last worker, both
 #                  ways, inside the worker's network namespace, while a stream is in flight: the
-#                  stream ends with an error <= CHAOS_PARTITION_LIMIT (35 s) after the DROP, /health
+#                  stream ends with an error <= CHAOS_PARTITION_LIMIT (35 s) after the DROP (the row
+#                  says how: sse-error+done = an SSE error event naming why, then [DONE]; cut), /health
 #                  answers 503 <= CHAOS_PARTITION_LIMIT; DROP removed, serving again (chat
 #                  completion) <= CHAOS_RECOVERY_LIMIT (120 s) after that.
 #   partition-idle the same DROP with nothing in flight: /health answers 503 (stall_reason: the ranks
@@ -426,12 +427,16 @@ partition() {
   trap - EXIT
   t_undo=${SECONDS}
   say "${name}: DROP removed"
-  local end=- outcome=none
+  local end=- outcome=none ending=- message=""
   if [[ ${mode} == stream ]]; then
-    read -r outcome end < <("${PY}" -c '
+    # how the stream ended (inflight.py's "ending"): sse-error+done = the server answered (an SSE
+    # error event, then [DONE]); cut / eof = the connection broke / closed without one
+    read -r outcome end ending message < <("${PY}" -c '
 import json, sys
 r = json.load(open(sys.argv[1]))["requests"][0]
-print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/${tag}-inflight.json" "${t_drop}" 2>/dev/null || echo "? ?")
+msg = r.get("error_message") or r.get("detail") or "-"
+print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1), r.get("ending", "?"), " ".join(msg.split())[:200])' \
+      "${LOGS}/${tag}-inflight.json" "${t_drop}" 2>/dev/null || echo "? ? ? ?")
   fi
   while ((SECONDS - t_undo < 300)); do
     if health_ok && chat_ok; then
@@ -442,7 +447,7 @@ print(r["outcome"], round(r["end"] - float(sys.argv[2]), 1))' "${LOGS}/${tag}-in
   done
   restarts1=$(node_sh "${MASTER}" "systemctl show tpserve -p NRestarts --value")
   local detail="(DROP rules in place after ${t_in}s) /health 503 after ${t_503}s, no answer after ${t_gone}s (codes ${codes[*]}); serving again (health + chat) ${rec}s after the DROP was removed; master NRestarts ${restarts0}->${restarts1}"
-  [[ ${mode} != stream ]] || detail="stream ${outcome} ${end}s after the DROP; ${detail}"
+  [[ ${mode} != stream ]] || detail="stream ${outcome} ${end}s after the DROP, ended ${ending} (${message}); ${detail}"
   local ok=yes
   [[ ${t_503} != timeout && ${rec} != timeout ]] || ok=no
   [[ ${mode} != stream || ${outcome} == error ]] || ok=no

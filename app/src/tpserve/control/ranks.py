@@ -178,13 +178,16 @@ class Watchdog:
                 time.sleep(min(1.0, left))  # a new step meanwhile: its own deadline at the next turn
                 continue
             with self._lock:
-                if self._since != since:  # that step ended in the meantime
-                    continue
-                fatal(
-                    f"a step has been running for more than {self.limit_s:.0f} s (a dead or partitioned "
-                    "peer, or a rank that stopped inside a collective after a CUDA OOM)",
-                    3,
-                )
+                ended = self._since != since  # that step ended in the meantime
+            if ended:
+                continue
+            # outside the lock: fatal's hooks wait (rank 0: up to 2 s) for the I/O thread, whose
+            # status reads busy_for; under the lock it blocked and the front end never got Stopped
+            fatal(
+                f"a step has been running for more than {self.limit_s:.0f} s (a dead or partitioned "
+                "peer, or a rank that stopped inside a collective after a CUDA OOM)",
+                3,
+            )
 
 
 def worker_loop(engine: Engine, channel: Channel, watchdog: Watchdog) -> int:
