@@ -209,12 +209,14 @@ def test_the_front_end_never_outlives_the_engine_core(model_dir: Path, tmp_path:
 
 
 def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_path: Path) -> None:
-    with launched(model_dir, tmp_path / "term-fe.log", api_key=API_KEY) as srv:
+    extra = ("--max-new-tokens", "1000")
+    with launched(model_dir, tmp_path / "term-fe.log", api_key=API_KEY, extra=extra) as srv:
         fe, core, rank1 = _pids(srv)
         result: dict[str, httpx.Response] = {}
-        # 400 tokens: still in flight 0.3 s after the SIGTERM on a fast machine (with 64 the group had
-        # drained and exited by then on a CI run: the late request met a closed port)
-        body = {"prompt": "drain me", "max_new_tokens": 400, "ignore_eos": True}
+        # 800 tokens: still in flight 0.3 s after the SIGTERM on a quiet machine (~1 ms a token there;
+        # with 64 the group had drained and exited by then on a CI run: the late request met a closed
+        # port), done within the 20 s drain on a loaded one (~13 ms a token)
+        body = {"prompt": "drain me", "max_new_tokens": 800, "ignore_eos": True}
         t = threading.Thread(target=lambda: result.update(
             r=httpx.post(srv.base_url + "/generate", headers=AUTH, json=body, timeout=90)))  # fmt: skip
         t.start()
@@ -227,7 +229,7 @@ def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_pa
         late = httpx.post(srv.base_url + "/generate", headers=AUTH, json={"prompt": "late"}, timeout=10)
         assert late.status_code == 503 and late.headers.get("retry-after"), late.text
         t.join(timeout=90)
-        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 400
+        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 800
         assert srv.proc.wait(timeout=40) == 0, srv.log_tail()
         assert _gone(fe) and _gone(core) and _gone(rank1)
         log = srv.log_path.read_text(errors="replace")
