@@ -116,24 +116,13 @@ def run_setting(tok: Any, streams: int, tokens: int) -> dict[str, float]:
         service.ready(sched, "replay", "benchmark", {"max_seq_len": engine.max_seq_len}, [])
         app = build_app(service)
 
-        async def one(client: Any, marker: int) -> str:
-            body = {"model": "bench", "prompt": [marker], "max_tokens": tokens, "stream": True}
-            body["temperature"] = 0
-            resp = await client.post("/v1/completions", json=body)
-            assert resp.status_code == 200, resp.text
-            text = []
-            for line in resp.text.split("\n\n"):
-                if line.startswith("data: {"):
-                    text.append(json.loads(line[6:])["choices"][0]["text"])
-            return "".join(text)
-
         async def main() -> tuple[list[str], float, float]:
             import httpx
 
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
                 t0, c0 = time.perf_counter(), time.thread_time()
-                texts = await asyncio.gather(*(one(client, m) for m in markers))
+                texts = await asyncio.gather(*(_one(client, m, tokens) for m in markers))
                 return texts, time.perf_counter() - t0, time.thread_time() - c0
 
         steps0 = sched.steps
