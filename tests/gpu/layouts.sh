@@ -11,21 +11,23 @@
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 R=/tmp/layouts; SHAPE=qwen2.5-7b; LAYOUTS=${LAYOUTS:-across innode replicas}
+# ACROSS_TAG=across-ll NCCL_PROTO=LL LAYOUTS=across: the across row again with other NCCL settings, its own rows
+ACROSS_TAG=${ACROSS_TAG:-across}
 want() { [[ " $LAYOUTS " == *" $1 "* ]]; }
 # shellcheck source=tests/gpu/env.sh
 source tests/gpu/env.sh
 ARGS=(--model "$MODEL_DIR" --served-model-name m --engine fastgen --dtype bfloat16 --max-batch-size 64 --max-queue 512)
 # shellcheck source=tests/gpu/serve_lib.sh
 source tests/gpu/serve_lib.sh
-want across && { echo "== across"; t0=$(date +%s)
+want across && { echo "== $ACROSS_TAG"; t0=$(date +%s)
 for r in 0 1; do
   CUDA_VISIBLE_DEVICES=$r LOCAL_RANK=0 RANK=$r WORLD_SIZE=2 LOCAL_WORLD_SIZE=1 LOCAL_SIZE=1 MASTER_ADDR=127.0.0.1 \
     MASTER_PORT=29651 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1 NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo \
     setsid python3 -m tpserve "${ARGS[@]}" --port 8031 > "$R/across-$r.log" 2>&1 &
   pids+=($!)
 done
-wait_ready 8031; echo "ready in $(( $(date +%s) - t0 )) s"; tokens across 8031
-for c in 1 32 64; do load across $c 8031; done; stop_all; }
+wait_ready 8031; echo "ready in $(( $(date +%s) - t0 )) s"; tokens "$ACROSS_TAG" 8031
+for c in 1 32 64; do load "$ACROSS_TAG" $c 8031; done; stop_all; }
 want innode && { echo "== innode"; t0=$(date +%s)
 setsid python3 -m deepspeed.launcher.runner --num_gpus 2 --master_port 29652 --module tpserve "${ARGS[@]}" --port 8032 \
   > "$R/innode.log" 2>&1 &
