@@ -59,6 +59,14 @@ image_wait() {
 finish() {
   local rc=$?
   trap - EXIT INT TERM
+  if [[ -n ${beside_pid} ]]; then  # the pipeline stopped before tests/unit (beside molecule) ended
+    pkill -TERM -P "${beside_pid}" 2>/dev/null
+    kill "${beside_pid}" 2>/dev/null
+    wait "${beside_pid}" 2>/dev/null
+    echo "run_ci: tests/unit (beside the molecule stage) stopped with the pipeline; its output so far:"
+    tail -20 "${beside_log}"
+    rm -f "${beside_log}"
+  fi
   image_wait
   if ((teardown_labs)); then
     say "teardown: default lab and molecule labs"
@@ -107,11 +115,48 @@ stage_lint() {
   step "security static" tests/security/check.sh static
 }
 
+has_tests() { compgen -G "$1/test_*.py" >/dev/null || compgen -G "$1/**/test_*.py" >/dev/null; }
+
+# tests/unit beside the molecule stage (both in the run): tests/unit is ansible-playbook runs on
+# this machine only (no lab, its files in tmp), molecule waits on its containers, so together they
+# keep both cores busy (one after the other they used ~0.7 of 2). The integration stage still runs
+# alone: its 16.3 timing targets are measured there. Its output is shown when it ends.
+beside_pid=""
+beside_log=""
+beside_t0=0
+beside_start() {  # tests/unit in the background
+  beside_log=$(mktemp /tmp/tpserve-ci-unit.XXXXXX)
+  beside_t0=${SECONDS}
+  say "unit tests/unit: python -m pytest -q tests/unit (beside the molecule stage; output when it ends)"
+  python -m pytest -q tests/unit >"${beside_log}" 2>&1 &
+  beside_pid=$!
+}
+beside_wait() {  # count it like a step
+  [[ -n ${beside_pid} ]] || return 0
+  local rc=0
+  wait "${beside_pid}" || rc=$?
+  beside_pid=""
+  cat "${beside_log}"
+  rm -f "${beside_log}"
+  if ((rc == 0)); then
+    passed=$((passed + 1))
+    say "unit tests/unit: passed ($((SECONDS - beside_t0))s, beside the molecule stage)"
+  else
+    failed=$((failed + 1))
+    say "unit tests/unit: FAILED (exit ${rc}, $((SECONDS - beside_t0))s) - stopping here"
+    exit 1
+  fi
+}
+
 stage_unit() {
   local tree any=0
   for tree in app/tests tests/unit; do
-    if compgen -G "${tree}/test_*.py" >/dev/null || compgen -G "${tree}/**/test_*.py" >/dev/null; then
+    if has_tests "${tree}"; then
       any=1
+      if [[ ${tree} == tests/unit && ${unit_beside} == 1 ]]; then
+        beside_start
+        continue
+      fi
       step "unit ${tree}" python -m pytest -q "${tree}"
     else
       echo "run_ci: ${tree}: no tests there yet, skipped"
@@ -132,6 +177,7 @@ stage_molecule() {
     step "molecule ${name}" molecule test -s "${name}"
   done
   ((any)) || echo "run_ci: molecule: no scenarios"
+  beside_wait
 }
 
 stage_integration() {
@@ -156,5 +202,9 @@ done
   echo "run_ci: .venv is missing: run 'make venv' first" >&2
   exit 1
 }
+# tests/unit goes beside molecule when the run has unit then molecule (TPSERVE_CI_SERIAL=1: one at a time)
+unit_beside=0
+if [[ " ${stages[*]} " == *" unit "*" molecule "* && -z ${TPSERVE_CI_SERIAL:-} ]]; then unit_beside=1; fi
 if ((teardown_labs)); then image_prefetch; fi
 for s in "${stages[@]}"; do "stage_${s}"; done
+beside_wait
