@@ -56,14 +56,19 @@ image_wait() {
   ((rc == 0)) || echo "run_ci: the background node image build failed (exit ${rc}); lab.sh up will retry" >&2
 }
 
+kill_tree() {  # PID: it and every descendant (by parent pid: also those in their own sessions)
+  local child
+  for child in $(pgrep -P "$1"); do kill_tree "${child}"; done
+  kill "$1" 2>/dev/null || true
+}
+
 finish() {
   local rc=$?
   trap - EXIT INT TERM
-  if [[ -n ${beside_pid} ]]; then  # the pipeline stopped before tests/unit (beside molecule) ended
-    pkill -TERM -P "${beside_pid}" 2>/dev/null
-    kill "${beside_pid}" 2>/dev/null
+  if [[ -n ${beside_pid} ]]; then  # the pipeline stopped before the background step ended
+    kill_tree "${beside_pid}"
     wait "${beside_pid}" 2>/dev/null
-    echo "run_ci: tests/unit (beside the molecule stage) stopped with the pipeline; its output so far:"
+    echo "run_ci: ${beside_name} (in the background) stopped with the pipeline; its output so far:"
     tail -20 "${beside_log}"
     rm -f "${beside_log}"
   fi
@@ -117,33 +122,37 @@ stage_lint() {
 
 has_tests() { compgen -G "$1/test_*.py" >/dev/null || compgen -G "$1/**/test_*.py" >/dev/null; }
 
-# tests/unit beside the molecule stage (both in the run): tests/unit is ansible-playbook runs on
-# this machine only (no lab, its files in tmp), molecule waits on its containers, so together they
-# keep both cores busy (one after the other they used ~0.7 of 2). The integration stage still runs
-# alone: its 16.3 timing targets are measured there. Its output is shown when it ends.
+# app/tests beside tests/unit and the molecule stage (when the run has unit then molecule): the app
+# tests mostly wait (DeepSpeed groups starting, timeouts: ~0.6 of a core over 5.5 min), tests/unit
+# is ansible-playbook runs on this machine (no lab, its files in tmp), molecule waits on its
+# containers; one after the other they used ~0.7 of the 2 cores. The integration stage still runs
+# alone: its 16.3 timing targets are measured there. The app tests' output is shown when they end.
 beside_pid=""
 beside_log=""
+beside_name=""
 beside_t0=0
-beside_start() {  # tests/unit in the background
-  beside_log=$(mktemp /tmp/tpserve-ci-unit.XXXXXX)
+beside_start() {  # TREE: python -m pytest -q TREE in the background
+  beside_name="unit $1"
+  beside_log=$(mktemp /tmp/tpserve-ci-beside.XXXXXX)
   beside_t0=${SECONDS}
-  say "unit tests/unit: python -m pytest -q tests/unit (beside the molecule stage; output when it ends)"
-  python -m pytest -q tests/unit >"${beside_log}" 2>&1 &
+  say "${beside_name}: python -m pytest -q $1 (in the background, beside the next steps; output when it ends)"
+  python -m pytest -q "$1" >"${beside_log}" 2>&1 &
   beside_pid=$!
 }
 beside_wait() {  # count it like a step
   [[ -n ${beside_pid} ]] || return 0
   local rc=0
+  say "waiting for ${beside_name} (in the background since $((SECONDS - beside_t0))s ago)"
   wait "${beside_pid}" || rc=$?
   beside_pid=""
   cat "${beside_log}"
   rm -f "${beside_log}"
   if ((rc == 0)); then
     passed=$((passed + 1))
-    say "unit tests/unit: passed ($((SECONDS - beside_t0))s, beside the molecule stage)"
+    say "${beside_name}: passed ($((SECONDS - beside_t0))s, in the background)"
   else
     failed=$((failed + 1))
-    say "unit tests/unit: FAILED (exit ${rc}, $((SECONDS - beside_t0))s) - stopping here"
+    say "${beside_name}: FAILED (exit ${rc}, $((SECONDS - beside_t0))s) - stopping here"
     exit 1
   fi
 }
@@ -153,8 +162,8 @@ stage_unit() {
   for tree in app/tests tests/unit; do
     if has_tests "${tree}"; then
       any=1
-      if [[ ${tree} == tests/unit && ${unit_beside} == 1 ]]; then
-        beside_start
+      if [[ ${tree} == app/tests && ${unit_beside} == 1 ]]; then
+        beside_start "${tree}"
         continue
       fi
       step "unit ${tree}" python -m pytest -q "${tree}"
@@ -202,7 +211,7 @@ done
   echo "run_ci: .venv is missing: run 'make venv' first" >&2
   exit 1
 }
-# tests/unit goes beside molecule when the run has unit then molecule (TPSERVE_CI_SERIAL=1: one at a time)
+# app/tests in the background when the run has unit then molecule (TPSERVE_CI_SERIAL=1: one at a time)
 unit_beside=0
 if [[ " ${stages[*]} " == *" unit "*" molecule "* && -z ${TPSERVE_CI_SERIAL:-} ]]; then unit_beside=1; fi
 if ((teardown_labs)); then image_prefetch; fi

@@ -240,6 +240,32 @@ def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_pa
         pytest.fail("front end still running")
 
 
+def _watch_stream(base_url: str) -> tuple[threading.Event, threading.Event, dict[str, object]]:
+    """A 3000-token stream in a thread: (first chunk seen, stream ended, what it saw: chunks, the
+    SSE error event, the last line, or the httpx error of a cut connection)."""
+    first, ended = threading.Event(), threading.Event()
+    result: dict[str, object] = {"chunks": 0}
+
+    def stream() -> None:
+        body = {"model": "tiny", "prompt": "hang", "max_tokens": 3000, "ignore_eos": True, "stream": True}
+        try:
+            with httpx.stream("POST", base_url + "/v1/completions", json=body, timeout=60) as s:
+                for line in s.iter_lines():
+                    if line.startswith('data: {"error"'):
+                        result["error_event"] = line
+                    elif line.startswith("data: {"):
+                        result["chunks"] = int(result["chunks"]) + 1  # type: ignore[call-overload]
+                        first.set()
+                    if line:
+                        result["last"] = line
+        except httpx.HTTPError as exc:  # the connection cut when the front end went
+            result["error"] = repr(exc)
+        ended.set()
+
+    threading.Thread(target=stream, daemon=True).start()
+    return first, ended, result
+
+
 def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
     model_dir: Path, tmp_path: Path
 ) -> None:
@@ -258,26 +284,7 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
     try:
         srv.wait_ready()
         fe, core, rank1 = _pids(srv)
-        first, ended = threading.Event(), threading.Event()
-        result: dict[str, object] = {"chunks": 0}
-
-        def stream() -> None:
-            body = {"model": "tiny", "prompt": "hang", "max_tokens": 3000, "ignore_eos": True, "stream": True}
-            try:
-                with httpx.stream("POST", srv.base_url + "/v1/completions", json=body, timeout=60) as s:
-                    for line in s.iter_lines():
-                        if line.startswith('data: {"error"'):
-                            result["error_event"] = line
-                        elif line.startswith("data: {"):
-                            result["chunks"] = int(result["chunks"]) + 1  # type: ignore[call-overload]
-                            first.set()
-                        if line:
-                            result["last"] = line
-            except httpx.HTTPError as exc:  # the connection cut when the front end went
-                result["error"] = repr(exc)
-            ended.set()
-
-        threading.Thread(target=stream, daemon=True).start()
+        first, ended, result = _watch_stream(srv.base_url)
         assert first.wait(60), srv.log_tail()
         rank1.suspend()
         t0 = time.monotonic()
@@ -312,6 +319,36 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
         assert srv.proc.wait(timeout=40) != 0
         log = srv.log_path.read_text(errors="replace")
         assert "a step has been running for more than 10 s" in log, log[-3000:]
+    finally:
+        if rank1 is not None:
+            with contextlib.suppress(psutil.Error):
+                rank1.resume()
+        srv.stop()
+        remove_shm_buffers(srv.master_port)
+
+
+def test_with_the_front_end_in_process_a_hung_peer_ends_the_stream_with_an_error_too(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """--no-frontend-process: the same hung peer (rank 1 stopped mid-stream); rank 0's step watchdog
+    exits the group, and before that the scheduler's fatal hook ends the stream with an SSE error
+    event naming the step timeout, then [DONE] (not a cut connection)."""
+    srv = LaunchedServer(
+        model_dir, tmp_path / "hung-peer-inproc.log",
+        extra=("--no-frontend-process", "--step-timeout", "8", "--stall-timeout", "3",
+               "--heartbeat-timeout", "30", "--max-new-tokens", "3000"),
+    )  # fmt: skip
+    rank1 = None
+    try:
+        srv.wait_ready()
+        rank1 = psutil.Process(srv.rank_pid(1))
+        first, ended, result = _watch_stream(srv.base_url)
+        assert first.wait(60), srv.log_tail()
+        rank1.suspend()
+        assert ended.wait(8 + 10), f"the stream still open 18 s after its peer hung: {result}"
+        assert "a step has been running for more than 8 s" in str(result.get("error_event")), result
+        assert result.get("last") == "data: [DONE]" and "error" not in result, result
+        assert srv.proc.wait(timeout=40) != 0
     finally:
         if rank1 is not None:
             with contextlib.suppress(psutil.Error):

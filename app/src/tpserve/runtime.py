@@ -180,6 +180,7 @@ def run_rank0(cfg: ServeConfig, info: DistInfo) -> int:
                 cfg, info, service.metrics, service.decode, service.eos_ids
             )
             service.ready(scheduler, name, reason, scheduler.describe(), reports)
+            dist.on_fatal(scheduler.abort)  # the group must exit: what is in flight gets a 503 first
             log.info(
                 "serving %s with %s (%s) on %d rank(s)", cfg.served_model_name, name, reason, len(reports)
             )

@@ -46,6 +46,9 @@ def dist_info_from_env() -> DistInfo:
     )
 
 
+#: how long a fatal hook may hold the exit so clients get an error, not a cut connection (rank 0:
+#: the front end answers what is in flight; coreproc and the in-process scheduler both wait this long)
+FATAL_GRACE_S = 2.0
 _fatal_hooks: list[Callable[[str], None]] = []
 _exiting = threading.Lock()
 

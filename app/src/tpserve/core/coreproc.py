@@ -21,7 +21,7 @@ the launcher takes the group down (systemd restarts it). Drain: SIGTERM here or 
 rank is told to shut down, the front end gets Stopped, stops HTTP and exits 0, then this exits 0.
 When the group must exit (dist.fatal: a step past --step-timeout, a failed collective), the front
 end first gets Stopped(why) and answers every request in flight with that error (503; a stream's
-SSE error event), at most ABORT_GRACE_S, then this process exits.
+SSE error event), at most dist.FATAL_GRACE_S, then this process exits.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ SEND_TIMEOUT_MS = 30_000
 POLL_MS = 100
 #: After Stopped: how long the front end may take to finish its responses and exit
 FRONTEND_STOP_S = 15.0
-#: The group is exiting (dist.fatal): how long the front end may take to answer what is in flight
-ABORT_GRACE_S = 2.0
 IPC_PATH_MAX = 107  # sockaddr_un.sun_path, less the NUL
 
 
@@ -220,13 +218,13 @@ class CoreServer:
     def abort(self, reason: str) -> None:
         """dist.fatal's hook (any thread but the I/O thread): the I/O thread sends Stopped(reason), the
         front end answers every request in flight with an error (503, retry; an SSE error event) and
-        exits; this waits up to ABORT_GRACE_S for that, then the exit goes on."""
+        exits; this waits up to dist.FATAL_GRACE_S for that, then the exit goes on."""
         io, frontend = self._io_thread, self.frontend
         if frontend is None or io is None or not io.is_alive() or threading.current_thread() is io:
             return
         self._abort = reason
         with contextlib.suppress(subprocess.TimeoutExpired):
-            frontend.wait(timeout=ABORT_GRACE_S)
+            frontend.wait(timeout=dist.FATAL_GRACE_S)
 
     def _io_loop(self) -> None:
         sent_at, sent_phase, aborted = 0.0, "", False

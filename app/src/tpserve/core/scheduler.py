@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from tpserve.control import ranks
+from tpserve.control import dist, ranks
 from tpserve.control.messages import Heartbeat, Message, Recover, Shutdown, Step
 from tpserve.control.ranks import Watchdog
 from tpserve.core import output, policy
@@ -137,6 +137,29 @@ class Scheduler:
     def pid(self) -> int:
         """The process that runs the engine loop (/health's engine_pid)."""
         return os.getpid()
+
+    def abort(self, reason: str, grace_s: float = dist.FATAL_GRACE_S) -> None:
+        """dist.fatal's hook with the in-process front end (any thread; the engine thread may be stuck
+        in a collective): every request still here gets its final event, a 503 naming why (a stream:
+        an SSE error event, then [DONE]), not a cut connection; the HTTP event loop, which is not
+        stuck, gets up to `grace_s` to write them (each request's reader cancels it when done)."""
+        message = f"the engine stopped ({reason}); retry"
+        reqs = [r for r in [*self.active, self._held] if r is not None]
+        while True:
+            try:
+                req = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None:
+                reqs.append(req)
+        reqs = [r for r in reqs if r.finish_reason is None and not r.cancelled.is_set()]
+        if not reqs:
+            return
+        self.sink([(r, output.final_event(r, "error", message)) for r in reqs])
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end and not all(r.cancelled.is_set() for r in reqs):
+            time.sleep(0.02)
+        time.sleep(0.05)  # the last chunk from the socket buffer onto the wire
 
     def _drain_expired(self) -> None:
         """The drain timeout passed: every request still here ends with a clean 503."""
