@@ -213,7 +213,9 @@ done
 }
 # app/tests in the background when the run has unit then molecule (TPSERVE_CI_SERIAL=1: one at a time)
 unit_beside=0
-if [[ " ${stages[*]} " == *" unit "*" molecule "* && -z ${TPSERVE_CI_SERIAL:-} ]]; then unit_beside=1; fi
+if [[ " ${stages[*]} " == *" unit "* && " ${stages[*]} " == *" molecule "* && -z ${TPSERVE_CI_SERIAL:-} ]]; then
+  unit_beside=1
+fi
 if ((teardown_labs)); then image_prefetch; fi
 for s in "${stages[@]}"; do "stage_${s}"; done
 beside_wait
