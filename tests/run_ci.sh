@@ -98,20 +98,25 @@ finish() {
 trap finish EXIT
 trap 'echo "run_ci: interrupted" >&2; exit 130' INT TERM
 
-# step NAME COMMAND...: run one counted step; stop the pipeline on failure.
+# counted NAME RC SECONDS [NOTE]: count one step's result; stop the pipeline on failure.
+counted() {
+  if (($2 == 0)); then
+    passed=$((passed + 1))
+    say "$1: passed ($3s${4:+, $4})"
+  else
+    failed=$((failed + 1))
+    say "$1: FAILED (exit $2, $3s) - stopping here"
+    exit 1
+  fi
+}
+
+# step NAME COMMAND...: run one counted step.
 step() {
   local name=$1 t0=${SECONDS} rc=0
   shift
   say "${name}: $*"
   "$@" || rc=$?
-  if ((rc == 0)); then
-    passed=$((passed + 1))
-    say "${name}: passed ($((SECONDS - t0))s)"
-  else
-    failed=$((failed + 1))
-    say "${name}: FAILED (exit ${rc}, $((SECONDS - t0))s) - stopping here"
-    exit 1
-  fi
+  counted "${name}" "${rc}" "$((SECONDS - t0))"
 }
 
 stage_lint() {
@@ -147,14 +152,7 @@ beside_wait() {  # count it like a step
   beside_pid=""
   cat "${beside_log}"
   rm -f "${beside_log}"
-  if ((rc == 0)); then
-    passed=$((passed + 1))
-    say "${beside_name}: passed ($((SECONDS - beside_t0))s, in the background)"
-  else
-    failed=$((failed + 1))
-    say "${beside_name}: FAILED (exit ${rc}, $((SECONDS - beside_t0))s) - stopping here"
-    exit 1
-  fi
+  counted "${beside_name}" "${rc}" "$((SECONDS - beside_t0))" "in the background"
 }
 
 stage_unit() {

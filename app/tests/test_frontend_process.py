@@ -240,6 +240,15 @@ def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_pa
         pytest.fail("front end still running")
 
 
+def _resume_and_stop(srv: LaunchedServer, stopped: psutil.Process | None) -> None:
+    """Teardown of a hung-peer test: the stopped rank resumed (else it never exits), the group gone."""
+    if stopped is not None:
+        with contextlib.suppress(psutil.Error):
+            stopped.resume()
+    srv.stop()
+    remove_shm_buffers(srv.master_port)
+
+
 def _watch_stream(base_url: str) -> tuple[threading.Event, threading.Event, dict[str, object]]:
     """A 3000-token stream in a thread: (first chunk seen, stream ended, what it saw: chunks, the
     SSE error event, the last line, or the httpx error of a cut connection)."""
@@ -320,11 +329,7 @@ def test_a_hung_peer_mid_stream_turns_health_stalled_then_the_whole_group_exits(
         log = srv.log_path.read_text(errors="replace")
         assert "a step has been running for more than 10 s" in log, log[-3000:]
     finally:
-        if rank1 is not None:
-            with contextlib.suppress(psutil.Error):
-                rank1.resume()
-        srv.stop()
-        remove_shm_buffers(srv.master_port)
+        _resume_and_stop(srv, rank1)
 
 
 def test_with_the_front_end_in_process_a_hung_peer_ends_the_stream_with_an_error_too(
@@ -350,8 +355,4 @@ def test_with_the_front_end_in_process_a_hung_peer_ends_the_stream_with_an_error
         assert result.get("last") == "data: [DONE]" and "error" not in result, result
         assert srv.proc.wait(timeout=40) != 0
     finally:
-        if rank1 is not None:
-            with contextlib.suppress(psutil.Error):
-                rank1.resume()
-        srv.stop()
-        remove_shm_buffers(srv.master_port)
+        _resume_and_stop(srv, rank1)
