@@ -34,6 +34,11 @@ def on_token(
     return delta, None
 
 
+def stopped_message(reason: str) -> str:
+    """What every request in flight is told when the group must exit (both front ends say it)."""
+    return f"the engine stopped ({reason}); retry"
+
+
 def final_event(req: Request, reason: str, error: str | None = None, kind: str = "capacity") -> Event:
     """The request's last event: the held-back text tail (on stop/length), usage and the reason.
     Scheduler (in-process front end) and core client (front end process) both end requests here."""

@@ -143,7 +143,7 @@ class Scheduler:
         in a collective): every request still here gets its final event, a 503 naming why (a stream:
         an SSE error event, then [DONE]), not a cut connection; the HTTP event loop, which is not
         stuck, gets up to `grace_s` to write them (each request's reader cancels it when done)."""
-        message = f"the engine stopped ({reason}); retry"
+        message = output.stopped_message(reason)
         reqs = [r for r in [*self.active, self._held] if r is not None]
         while True:
             try:

@@ -272,7 +272,7 @@ class CoreClient:
     def _on_stopped(self, error: str = "") -> None:
         """Every rank was told to shut down, or the group is exiting (`error`: why): whatever is
         still here gets a clean 503 (an SSE error event for a stream), not a cut connection."""
-        message = f"the engine stopped ({error}); retry" if error else "the server is shutting down; retry"
+        message = output.stopped_message(error) if error else "the server is shutting down; retry"
         for req in list(self.live.values()):
             self._end(req, "error", message)
         if error:
