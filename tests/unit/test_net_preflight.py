@@ -24,8 +24,8 @@ VARS = {
     "net_preflight_python": sys.executable,
     "net_preflight_user": "root",
     "net_preflight_ifname": "lo",
-    # the role's defaults: a 4 s connection timeout failed a HEALTHY pair once when make test ran the
-    # app tests beside tests/unit (load ~4 on 2 cores)
+    # the role's defaults: a 4 s connection timeout failed a HEALTHY pair once when make test ran
+    # the app tests beside tests/unit (load ~4 on 2 cores)
     "net_preflight_timeout": 10,
     "net_preflight_deadline": 25,
     "net_preflight_bytes": 4 << 20,
