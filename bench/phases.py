@@ -5,7 +5,8 @@ PROMPT random tokens, NEW new tokens, EOS never stops it. Per batch size:
   ms/token = (time(NEW new) - time(1 new)) / (NEW - 1);  tok/s = bs * NEW / time(NEW new).
 Median of REPS timed runs after one warm-up. Each phase appends JSON lines to RESULTS/phases.jsonl.
 
-Phases: env, save, hf, hfc, ds, v2, fastgen.
+Phases: env, save, hf, hfc, ds, v2, fastgen, profile (where a decode step's time goes: GPU kernel
+time by kind per step under torch.profiler, tpserve's FastGenEngine with CUDA graphs).
 """
 
 from __future__ import annotations
@@ -258,22 +259,27 @@ def v2_loop(
     return run
 
 
+def wrapped_engine(kv_blocks: int | None) -> Any:
+    """tpserve's FastGenEngine as the service builds it (CUDA graphs, one-shot all-reduce on)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app" / "src"))
+    from tpserve.engines.fastgen import FastGenEngine, FastGenSettings
+
+    return FastGenEngine(
+        FastGenSettings(
+            model_dir=MODEL_DIR,
+            tp_size=WORLD,
+            kv_cache_blocks=kv_blocks,
+            max_batch_tokens=max(BATCHES) * PROMPT,
+            max_batch_sequences=max(BATCHES),
+        )
+    )
+
+
 def phase_v2(wrapped: bool) -> None:
     t = time.perf_counter()
     kv_blocks = int(os.environ.get("KV_BLOCKS", "0")) or None
     if wrapped:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app" / "src"))
-        from tpserve.engines.fastgen import FastGenEngine, FastGenSettings
-
-        eng = FastGenEngine(
-            FastGenSettings(
-                model_dir=MODEL_DIR,
-                tp_size=WORLD,
-                kv_cache_blocks=kv_blocks,
-                max_batch_tokens=max(BATCHES) * PROMPT,
-                max_batch_sequences=max(BATCHES),
-            )
-        )
+        eng = wrapped_engine(kv_blocks)
         put, flush = eng.forward, eng.release
         free = eng.free_kv_blocks
     else:
@@ -325,6 +331,113 @@ def phase_v2(wrapped: bool) -> None:
     log(stage="tokens", first32=toks, top2=logits[0].topk(2).values.tolist())
 
 
+KERNEL_KINDS = (  # first match wins; lower-case substrings of CUDA kernel names
+    ("all-reduce (NCCL)", ("nccl",)),
+    ("all-reduce (one-shot)", ("one_shot", "oneshot", "symm", "barrier")),
+    ("GEMM", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "splitk", "dot_kernel")),
+    ("attention + rotary", ("attn", "flash", "atom", "rotary", "blocked", "kv_")),
+    ("copy / fill", ("memcpy", "memset", "copy", "fill")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def kernel_table(events: list[tuple[str, float, float]], steps: int) -> dict[str, Any]:
+    """GPU time per step from (kernel name, start us, end us): by kind, busy (union of intervals)
+    and the top kernels. Kernels of one stream do not overlap; NCCL's may, so busy <= the sum."""
+    by_kind: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}
+    spans = sorted((a, b) for _, a, b in events)
+    for name, a, b in events:
+        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + (b - a)
+        by_name.setdefault(name, []).append(b - a)
+    busy, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+    return {
+        "kernels_per_step": round(len(events) / steps, 1),
+        "kernel_ms_per_step": round(sum(b - a for _, a, b in events) / steps / 1000, 4),
+        "busy_ms_per_step": round(busy / steps / 1000, 4),
+        "by_kind_ms_per_step": {k: round(v / steps / 1000, 4) for k, v in sorted(by_kind.items())},
+        "top": [
+            {
+                "kernel": name[:90],
+                "kind": kernel_kind(name),
+                "per_step": round(len(d) / steps, 2),
+                "ms_per_step": round(sum(d) / steps / 1000, 4),
+            }
+            for name, d in top
+        ],
+    }
+
+
+def cuda_kernels(prof: Any) -> list[tuple[str, float, float]]:
+    """(name, start us, end us) of every GPU kernel / copy a torch.profiler run saw."""
+    out = []
+    for e in prof.events():
+        on_gpu = str(getattr(e, "device_type", "")).endswith("CUDA")
+        if on_gpu and e.time_range.end > e.time_range.start:
+            out.append((e.name, float(e.time_range.start), float(e.time_range.end)))
+    return out
+
+
+def profile_batch(eng: Any, bs: int, vocab: int, steps: int) -> dict[str, Any]:
+    """Decode steps of `bs` sequences: timed plain (median host hand-over and step wall), then the
+    same number under torch.profiler (kernel time per step by kind)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    uids = [700_000 + 1000 * bs + i for i in range(bs)]
+    nxt = eng.forward(uids, list(prompts(bs, vocab))).argmax(-1).cpu()
+    times: list[tuple[float, float]] = []
+    for k in range(
+        4 + 2 * steps
+    ):  # 4 to capture the graph of this size, `steps` plain, `steps` traced
+        if k == 4 + steps:
+            prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            prof.__enter__()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits = eng.forward(uids, list(nxt.view(bs, 1)))
+        t1 = time.perf_counter()
+        nxt = logits.argmax(-1).cpu()
+        if 4 <= k < 4 + steps:
+            times.append((t1 - t0, time.perf_counter() - t0))
+    prof.__exit__(None, None, None)
+    for u in uids:
+        eng.release(u)
+    return {
+        "host_handover_ms": round(statistics.median(t[0] for t in times) * 1000, 4),
+        "step_ms": round(statistics.median(t[1] for t in times) * 1000, 4),
+        **kernel_table(cuda_kernels(prof), steps),
+    }
+
+
+def phase_profile() -> None:
+    """Where a decode step's time goes (issue 13): tpserve's FastGenEngine with CUDA graphs, per
+    batch size in BS; NCCL_NET=Socket (+ P2P/SHM off) gives the across-nodes all-reduce."""
+    steps = int(os.environ.get("PROFILE_STEPS", "24"))
+    eng = wrapped_engine(int(os.environ.get("KV_BLOCKS", "0")) or None)
+    vocab = json.loads(Path(MODEL_DIR, "config.json").read_text())["vocab_size"]
+    for bs in BATCHES:
+        row = profile_batch(eng, bs, vocab, steps)
+        info = eng.describe()
+        log(
+            stage="profile",
+            bs=bs,
+            steps=steps,
+            nccl_net=os.environ.get("NCCL_NET", "default"),
+            graph_replays=info["cuda_graphs"].get("replays"),
+            allreduce=info["allreduce"],
+            **row,
+        )
+
+
 def main() -> None:
     os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ.get("BENCH_CUDA_ARCH", "9.0")
     torch.cuda.set_device(LOCAL_RANK)
@@ -336,6 +449,7 @@ def main() -> None:
         "ds": phase_ds,
         "v2": lambda: phase_v2(wrapped=False),
         "fastgen": lambda: phase_v2(wrapped=True),
+        "profile": phase_profile,
     }[PHASE]()
 
 

@@ -27,7 +27,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 #: Rough seconds each phase needs on 2xH200 (first v2 phase includes the 60-95 s JIT build).
-BUDGET = {"env": 30, "save": 120, "v2": 240, "fastgen": 180, "hf": 150, "hfc": 300, "ds": 200}
+BUDGET = {
+    "env": 30,
+    "save": 120,
+    "v2": 240,
+    "fastgen": 180,
+    "hf": 150,
+    "hfc": 300,
+    "ds": 200,
+    "profile": 150,
+}
 T0 = time.monotonic()
 
 
@@ -279,6 +288,20 @@ def cmd_report(args: argparse.Namespace) -> None:
         for r in phases:
             cells = " | ".join(str(r.get(n, "")) for n in names)
             print(f"| {r['tag']} {r['scenario']} | {cells} | {r['steps']} |")
+    profiles = [r for r in rows if r.get("stage") == "profile"]
+    if profiles:
+        kinds = sorted({k for r in profiles for k in r["by_kind_ms_per_step"]})
+        print(
+            "\n| decode step profile | bs | step ms | host hand-over ms | GPU busy ms | "
+            + " | ".join(kinds)
+            + " |"
+        )
+        for r in profiles:
+            cells = " | ".join(str(r["by_kind_ms_per_step"].get(k, "")) for k in kinds)
+            print(
+                f"| {r['tag']} NCCL_NET={r['nccl_net']} | {r['bs']} | {r['step_ms']} "
+                f"| {r['host_handover_ms']} | {r['busy_ms_per_step']} | {cells} |"
+            )
     toks = {r["tag"]: r["first32"] for r in rows if r.get("stage") == "tokens"}
     for a, b in (("v2-tp1", "v2-tp2"), ("fastgen-tp1", "fastgen-tp2")):
         if a in toks and b in toks:
