@@ -17,15 +17,16 @@ from typing import Any
 from tpserve.config import ServeConfig
 from tpserve.tools.memory import GIB, ModelShape, default_max_context, fastgen_step_tokens, gib, plan
 
-#: fastgen with CUDA graphs over HTTP, Qwen2.5-7B shape, 128/128 tokens, one sitting on 2x H200.
+#: fastgen with CUDA graphs over HTTP, Qwen2.5-7B shape, 128/128 tokens: the three layouts in one
+#: sitting on 2x H200 (tests/gpu/layouts.sh; 64 clients; replicas: two TP=1 servers, 32 clients each).
 MEASURED: dict[str, Any] = {
-    "source": "tests/gpu/results/2026-11-30-2xh200-cuda-graphs (2x H200, 7B shape, fastgen, CUDA graphs)",
-    "tp1_itl_ms": 5.32,
-    "tp1_tok_s_64": 5093,
-    "tp2_node_itl_ms": 4.25,
-    "tp2_node_tok_s_64": 5920,
-    "tp2_across_itl_ms": 6.79,
-    "tp2_across_tok_s_64": 1772,
+    "source": "tests/gpu/results/2026-11-30-s8-2xh200-sitting (2x H200, 7B, fastgen, graphs, one sitting)",
+    "replicas_itl_ms": 5.33,
+    "replicas_tok_s_64": 6911,
+    "tp2_node_itl_ms": 4.08,
+    "tp2_node_tok_s_64": 6087,
+    "tp2_across_itl_ms": 7.28,
+    "tp2_across_tok_s_64": 1546,
 }
 
 
@@ -56,12 +57,12 @@ def advise(
     need = min_tp(shape, int(gpu_gib * GIB), max_batch_size, default_max_context(cfg)) if gpu_gib else None
     if gpu_gib and need == 1:
         if layout == "tp_across_nodes" and nodes > 1:
-            ratio = 2 * m["tp1_tok_s_64"] / m["tp2_across_tok_s_64"]
+            ratio = m["replicas_tok_s_64"] / m["tp2_across_tok_s_64"]
             advice.append(
                 f"The model ({weights} GiB in 16-bit) fits one GPU ({gpu_gib} GiB): tpserve_layout=replicas "
                 f"serves {nodes} independent copies and no token crosses the network. Measured: two TP=1 "
                 f"replicas give about {ratio:.1f}x the throughput of TP=2 across two nodes at 64 clients "
-                f"({m['tp1_tok_s_64']} tok/s per GPU vs {m['tp2_across_tok_s_64']}; {m['source']})."
+                f"({m['replicas_tok_s_64']} tok/s vs {m['tp2_across_tok_s_64']}; {m['source']})."
             )
         else:
             advice.append(
