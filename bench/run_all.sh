@@ -4,13 +4,13 @@
 #   RESULTS=/some/dir bash bench/run_all.sh                 all steps (~11 min on 2xH200)
 #   STEPS="prebuild test raw" bash bench/run_all.sh         some steps (the device tool's 10-minute
 #   STEPS="fastgen hfc autotp report" bash bench/run_all.sh  calls: two calls on one warm machine)
-# Steps: prebuild test raw fastgen hfc autotp report (and fastgen-nccl, fastgen-inproc, only when named). RESULTS, the model (MODEL_DIR) and the built ops
+# Steps: prebuild test raw profile fastgen hfc autotp report (and fastgen-nccl, fastgen-inproc, only when named). RESULTS, the model (MODEL_DIR) and the built ops
 # (TORCH_EXTENSIONS_DIR) default to .cache/ in the checkout, so a later call on the same machine reuses them.
 # Each step has its own time limit (--deadline, seconds).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 R="${RESULTS:-$PWD/.cache/bench-results}"
-STEPS=" ${STEPS:-prebuild test raw fastgen hfc autotp report} "
+STEPS=" ${STEPS:-prebuild test raw profile fastgen hfc autotp report} "
 mkdir -p "$R"
 echo "image TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset} (DeepSpeed needs plain 9.0)"
 export TORCH_CUDA_ARCH_LIST="${BENCH_CUDA_ARCH:-9.0}" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
@@ -27,6 +27,8 @@ want test && { run timeout "${T_TEST:-240}" "$PY" -m pytest -q -rs -s app/tests/
   -p no:cacheprovider 2>&1 | tee "$R/pytest.txt" | tail -30; }
 # 3. environment, the random-weight model, raw v2 TP=2
 want raw && BS="1 64" run "$PY" bench/runner.py run --results "$R" --deadline "${T_RAW:-240}" env save v2:2
+# 3b. where a decode step's time goes: tpserve's FastGenEngine, graphs on, kernels by kind (torch.profiler)
+want profile && BS="1 64" run "$PY" bench/runner.py run --results "$R" --deadline "${T_PROFILE:-150}" profile:2
 # 4. tpserve fastgen TP=2 over HTTP
 want fastgen && run "$PY" bench/runner.py http --results "$R" --engine fastgen --tp 2 \
   --deadline "${T_FASTGEN:-170}" \

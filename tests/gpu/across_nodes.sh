@@ -7,7 +7,9 @@
 # at 1 and 32 clients (128-token prompts, 128 new tokens).
 #   device tool, kind nvidia-h200-x2, carry .whl:  bash tests/gpu/across_nodes.sh
 #   N=4 on a 4-GPU host (the walkthrough's exact TP=4) runs unchanged.
-#   NETEM_MS=0.2: added one-way delay on the loopback device (tc netem), where the host allows it;
+#   NETEM_MS=0.2: added one-way delay on the loopback device (tc netem), where the host allows it
+#   (the lent 2xH200 host does not: no iproute2, and its kernel has no sch_netem, CONFIG_NET_SCH_NETEM
+#   not set; netlink through pyroute2 gets ENOENT: checked in session 8);
 #   every loopback packet is delayed (NCCL between the "nodes" and the HTTP client alike: ITL is a
 #   gap between chunks, so it is not shifted, TTFT is); the measured TCP round trip goes to rtt.txt.
 #   ENGINE=autotp SHAPE=qwen2.5-7b MAX_BATCH=8: the same harness for the other engine / model / batch.
