@@ -60,6 +60,7 @@ def server_env() -> dict[str, str]:
     env["DS_ACCELERATOR"] = "cpu"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("TPSERVE_WORKER_STATS", "100")  # rank 1 logs its step phases (test_server checks)
     env.pop("TPSERVE_API_KEY", None)
     return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def test_generate_reference_api(server: LaunchedServer, auth: dict[str, str]) ->
     assert whole["usage"]["completion_tokens"] == 256, whole["usage"]
     health = httpx.get(server.base_url + "/health", timeout=10).json()
     assert health["status"] == "ok" and health["rank"] == 0 and health["model"] == "tiny"
+
+
+def test_rank_1_logs_where_its_step_time_went(server: LaunchedServer, auth: dict[str, str]) -> None:
+    """TPSERVE_WORKER_STATS=100 (conftest): every 100 steps rank 1 logs its own step phases (rank 0's
+    are in /metrics); 120 decode steps make at least one line whatever ran before."""
+    r = post(server, "/generate", {"prompt": "count", "max_new_tokens": 120, "ignore_eos": True}, auth)
+    assert r.status_code == 200, r.text
+    pattern = re.compile(
+        r"rank 1: 100 steps, mean ms per step: wait for rank 0 [\d.]+, run ([\d.]+), report [\d.]+"
+    )
+    deadline = time.monotonic() + 10
+    while not (found := pattern.findall(server.log_path.read_text(errors="replace"))):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    assert float(found[-1]) > 0  # a forward of the tiny model takes some time on every step
 
 
 def test_djl_style_predictions(server: LaunchedServer, auth: dict[str, str]) -> None:

@@ -333,3 +333,15 @@ def test_health_says_stalled_before_the_group_exits_by_default() -> None:
     assert cfg.stall_timeout_s + 5 <= min(cfg.heartbeat_timeout_s, cfg.step_timeout_s), cfg
     # idle: the heartbeat rule's threshold (max of the stall timeout and two heartbeat intervals) too
     assert max(cfg.stall_timeout_s, 2 * cfg.heartbeat_interval_s) + 5 <= cfg.heartbeat_timeout_s
+
+
+def test_a_worker_logs_where_its_step_time_went_every_n_steps_and_never_when_off() -> None:
+    from tpserve.control.ranks import StepTimes
+
+    off = StepTimes(1, 0)
+    assert all(off.add(0.001, 0.002, 0.0) is None for _ in range(10))
+    times = StepTimes(1, 2)
+    assert times.add(0.001, 0.004, 0.0001) is None
+    line = times.add(0.003, 0.002, 0.0003)
+    assert line == "rank 1: 2 steps, mean ms per step: wait for rank 0 2.000, run 3.000, report 0.200"
+    assert times.n == 0 and times.add(0.001, 0.001, 0.001) is None  # reset after each line

@@ -190,15 +190,48 @@ class Watchdog:
             )
 
 
+#: TPSERVE_WORKER_STATS=N: every N steps a rank > 0 logs where its step time went (benchmarks)
+STATS_ENV = "TPSERVE_WORKER_STATS"
+
+
+class StepTimes:
+    """A worker's own step phases (rank 0's are in /metrics): waiting for rank 0's message, running
+    it (the engine's forward: host work + kernel launches), reporting the outcome. Logged every
+    `every` steps (0: never), then reset."""
+
+    def __init__(self, rank: int, every: int) -> None:
+        self.rank, self.every = rank, every
+        self.n, self.wait, self.run, self.report = 0, 0.0, 0.0, 0.0
+
+    def add(self, wait: float, run: float, report: float) -> str | None:
+        if self.every <= 0:
+            return None
+        self.n += 1
+        self.wait, self.run, self.report = self.wait + wait, self.run + run, self.report + report
+        if self.n < self.every:
+            return None
+        line = (
+            f"rank {self.rank}: {self.n} steps, mean ms per step: wait for rank 0 "
+            f"{1000 * self.wait / self.n:.3f}, run {1000 * self.run / self.n:.3f}, "
+            f"report {1000 * self.report / self.n:.3f}"
+        )
+        log.info("%s", line)
+        self.n, self.wait, self.run, self.report = 0, 0.0, 0.0, 0.0
+        return line
+
+
 def worker_loop(engine: Engine, channel: Channel, watchdog: Watchdog) -> int:
     """Ranks > 0: wait for rank 0's messages, run them and report the outcome, until 'shutdown'."""
     rank = channel.info.rank
     steps = 0
+    times = StepTimes(rank, int(os.environ.get(STATS_ENV, "0") or 0))
     while True:
+        t0 = time.perf_counter()
         try:
             message = channel.broadcast(None)
         except Exception as exc:  # gloo timeout or a peer's connection closed
             fatal(f"rank {rank}: control channel failed ({type(exc).__name__}: {exc})")
+        t1 = time.perf_counter()
         watchdog.busy()
         try:
             _, outcome = run(engine, message)
@@ -208,9 +241,12 @@ def worker_loop(engine: Engine, channel: Channel, watchdog: Watchdog) -> int:
             watchdog.idle()
             log.info("rank %d: shutdown after %d steps", rank, steps)
             return 0
+        t2 = time.perf_counter()
         try:
             channel.agree(outcome)
         except Exception as exc:
             fatal(f"rank {rank}: could not report step outcome to rank 0 ({type(exc).__name__}: {exc})")
         watchdog.idle()
-        steps += isinstance(message, Step)
+        if isinstance(message, Step):
+            steps += 1
+            times.add(t1 - t0, t2 - t1, time.perf_counter() - t2)
