@@ -354,7 +354,8 @@ def kernel_table(events: list[tuple[str, float, float]], steps: int) -> dict[str
     by_name: dict[str, list[float]] = {}
     spans = sorted((a, b) for _, a, b in events)
     for name, a, b in events:
-        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + (b - a)
+        kind = kernel_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + (b - a)
         by_name.setdefault(name, []).append(b - a)
     busy, end = 0.0, float("-inf")
     for a, b in spans:
@@ -397,9 +398,8 @@ def profile_batch(eng: Any, bs: int, vocab: int, steps: int) -> dict[str, Any]:
     uids = [700_000 + 1000 * bs + i for i in range(bs)]
     nxt = eng.forward(uids, list(prompts(bs, vocab))).argmax(-1).cpu()
     times: list[tuple[float, float]] = []
-    for k in range(
-        4 + 2 * steps
-    ):  # 4 to capture the graph of this size, `steps` plain, `steps` traced
+    # 4 steps to capture the graph of this size, then `steps` timed plain, then `steps` traced
+    for k in range(4 + 2 * steps):
         if k == 4 + steps:
             prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             prof.__enter__()
