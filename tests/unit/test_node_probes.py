@@ -33,6 +33,9 @@ def test_differs_only_when_something_would_change() -> None:
     assert differs({}, WANT, "a = 1\n")  # not probed
     assert differs({**SEEN, "exists": False}, WANT, "a = 1\n")
     assert differs({**SEEN, "islnk": True, "sha1": ""}, WANT, "a = 1\n")  # a symlink there
+    empty = hashlib.sha1(b"").hexdigest()
+    assert not differs({**SEEN, "sha1": empty}, WANT, None)  # lookup('template') of "" is None
+    assert differs({**SEEN, "sha1": empty}, WANT, "a = 1\n")
     assert not differs({**SEEN, "isdir": True}, WANT, "directory")
     assert differs({**SEEN, "isdir": False}, WANT, "directory")  # a file where a dir should be
 
@@ -65,9 +68,17 @@ PLAY = """---
         mode: "0640"
       check_mode: false
 
+    - name: A file that renders empty (like secret.env without an API key)
+      ansible.builtin.template:
+        src: "{{ tmp }}/empty.j2"
+        dest: "{{ out }}/empty.env"
+        mode: "0600"
+      check_mode: false
+
     - name: The service probe
       tpserve_service_probe:
-        paths: ["{{ out }}/f.conf", "{{ out }}", "{{ out }}/missing", "{{ out }}/link"]
+        paths: ["{{ out }}/f.conf", "{{ out }}", "{{ out }}/missing", "{{ out }}/link",
+                "{{ out }}/empty.env"]
         unit_dir: "{{ out }}"
         unit_patterns: ["*.conf"]
         marker_file: "{{ out }}/f.conf"
@@ -93,11 +104,16 @@ PLAY = """---
     - name: What they saw
       ansible.builtin.copy:
         content: "{{ {'svc': svc, 'pe': pe, 'dl': dl, 'rendered_sha1': rendered | hash('sha1'),
-                      'differs': seen | tpserve_service_differs(want, rendered)} | to_json }}"
+                      'differs': seen | tpserve_service_differs(want, rendered),
+                      'differs_empty': svc.paths[out ~ '/empty.env'] | tpserve_service_differs(
+                          want_0600, lookup('ansible.builtin.template', empty_j2))}
+                   | to_json }}"
         dest: "{{ tmp }}/seen.json"
         mode: "0644"
       vars:
         rendered: "{{ lookup('ansible.builtin.template', tmp ~ '/t.j2') }}"
+        empty_j2: "{{ tmp }}/empty.j2"
+        want_0600: "{{ want | combine({'mode': '0600'}) }}"
         seen: "{{ svc.paths[out ~ '/f.conf'] }}"
         want: {owner: "{{ seen.owner }}", group: "{{ seen.group }}", mode: "0640"}
       check_mode: false
@@ -107,6 +123,7 @@ PLAY = """---
 @pytest.fixture
 def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     (tmp_path / "t.j2").write_text(TEMPLATE)
+    (tmp_path / "empty.j2").write_text("{% if word | length > 99 %}\nK={{ word }}\n{% endif %}\n")
     (tmp_path / "out").mkdir()
     os.symlink("f.conf", tmp_path / "out" / "link")
     (tmp_path / "play.yml").write_text(PLAY)
@@ -130,6 +147,7 @@ def test_a_templated_file_is_recognised_without_a_write(seen: dict, tmp_path: Pa
     assert f["exists"] and not f["isdir"] and f["mode"] == "0640"
     assert f["sha1"] == seen["rendered_sha1"]  # template module's bytes == lookup's
     assert seen["differs"] is False
+    assert seen["differs_empty"] is False  # an empty file is recognised too
     assert seen["svc"]["paths"][out]["isdir"]
     assert seen["svc"]["paths"][out + "/missing"]["exists"] is False
     link = seen["svc"]["paths"][out + "/link"]
