@@ -225,7 +225,11 @@ def test_sigterm_to_the_front_end_alone_drains_the_group(model_dir: Path, tmp_pa
             assert "r" not in result and time.monotonic() < deadline, "the request was never seen in flight"
             time.sleep(0.02)
         fe.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # the late request as soon as the service says it drains (a fixed wait let a fast machine
+        # finish the 800 tokens and exit first)
+        while health(srv)["status"] != "draining":
+            assert time.monotonic() < deadline, "the service never said it was draining"
+            time.sleep(0.01)
         late = httpx.post(srv.base_url + "/generate", headers=AUTH, json={"prompt": "late"}, timeout=10)
         assert late.status_code == 503 and late.headers.get("retry-after"), late.text
         t.join(timeout=90)
