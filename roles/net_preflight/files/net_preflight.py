@@ -145,7 +145,13 @@ def main() -> None:
         emit(1)
 
     def make_group(index: int, rank_in_pair: int) -> object:
-        prefix = dist.PrefixStore(f"pair{index}/", store)
+        # the master connects its pairs at once, each with its OWN store client: a TCPStore client
+        # runs one request at a time (a lock held through a blocking wait), so a worker that never
+        # came held every other pair's rendezvous for the whole timeout and failed healthy pairs
+        own = store
+        if args.rank == 0:
+            own = dist.TCPStore(args.master_addr, args.port, is_master=False, timeout=timeout)
+        prefix = dist.PrefixStore(f"pair{index}/", own)
         if args.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = timeout
