@@ -194,7 +194,9 @@ def launched(model_dir: Path, log_path: Path, **kwargs: object) -> Iterator[Laun
 @pytest.fixture(scope="session")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
     """The shared live TP=2 server (API key on, small limits so the limit paths are cheap to hit;
-    24 tokens per step, so every chat prompt is prefilled in chunks over several steps)."""
+    24 tokens per step, so every chat prompt is prefilled in chunks over several steps; asynchronous
+    scheduling on, which CPU engines leave off by default: every test here also checks that rank 1
+    resolves the previous step's picks on its own, the other launches keep the synchronous loop)."""
     logs = tmp_path_factory.mktemp("logs")
     log_path, pid_file = logs / "server.log", logs / "rank0.pid"
     extra = (
@@ -214,6 +216,8 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "60",
         "--pid-file",
         str(pid_file),
+        "--async-scheduling",
+        "on",
     )
     with launched(model_dir, log_path, api_key=API_KEY, extra=extra) as srv:
         yield srv

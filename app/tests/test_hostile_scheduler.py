@@ -23,18 +23,25 @@ from tpserve.core.metrics import Metrics
 from tpserve.core.request import Event, Request
 from tpserve.core.sampling import SamplingParams
 from tpserve.core.scheduler import Scheduler
-from tpserve.engines.base import DistInfo
+from tpserve.engines.base import DistInfo, Engine
 
 
 class Running:
     """A real Scheduler thread (world size 1: the broadcast is a loopback) over a ScriptedEngine."""
 
     def __init__(
-        self, engine: fakes.ScriptedEngine, token_budget: int | None = None, decode=fakes.decode
+        self,
+        engine: Engine,
+        token_budget: int | None = None,
+        decode=fakes.decode,
+        overlap: bool = False,
     ) -> None:
         self.engine = engine
         channel, batch = Channel(DistInfo()), engine.max_batch_size
-        self.sched = Scheduler(engine, channel, decode, {0}, Metrics(), batch, 0.5, Watchdog(0), token_budget)
+        engine.keep_picks = overlap  # asynchronous scheduling (tpserve.runtime sets it on every rank)
+        self.sched = Scheduler(
+            engine, channel, decode, {0}, Metrics(), batch, 0.5, Watchdog(0), token_budget, overlap=overlap
+        )
         self.crash: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

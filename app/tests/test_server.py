@@ -335,6 +335,8 @@ def test_concurrent_requests_equal_their_answer_alone(server: LaunchedServer, au
     batched = [line for line in text.splitlines() if line.startswith('tpserve_batch_size_bucket{le="1.0"}')]
     count = [line for line in text.splitlines() if line.startswith("tpserve_batch_size_count")]
     assert float(batched[0].split()[1]) < float(count[0].split()[1])  # some steps carried > 1 sequence
+    overlap = httpx.get(server.base_url + "/health", timeout=10).json()["engine_details"]["async_scheduling"]
+    assert overlap["enabled"] is True and overlap["steps_launched_ahead"] > 0, overlap
 
 
 def test_official_openai_client(server: LaunchedServer) -> None:

@@ -91,6 +91,13 @@ class ServeConfig:
     oneshot_allreduce: bool = setting(
         True, "CUDA, TP inside one host: small all-reduces one-shot via symmetric memory (off: NCCL)"
     )
+    async_scheduling: str = setting(
+        "auto",
+        "rank 0 launches a step before the previous step's greedy tokens reach its host (they go from "
+        "device to device); auto: where the engine's steps run asynchronously (fastgen); on: always "
+        "(CPU: correct, no gain); off: every step waits for its tokens",
+        choices=("auto", "on", "off"),
+    )
     frontend_process: bool = setting(
         True,
         "rank 0: HTTP, tokenization, detokenization and SSE in a child process of their own, linked to the "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tpserve.config import ServeConfig
 from tpserve.control import dist
-from tpserve.engines.base import DistInfo, EngineError, EngineOptions
+from tpserve.engines.base import DistInfo, Engine, EngineError, EngineOptions
 
 if TYPE_CHECKING:
     from tpserve.core.metrics import Metrics
@@ -84,12 +84,18 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
     engine = engines.create(name, options)
     from tpserve.control.ranks import TestFaultOOM
 
+    engine.keep_picks = overlaps_steps(cfg, engine)  # the same answer on every rank
     TestFaultOOM.install(engine, info.rank)  # tests only: None unless TPSERVE_TEST_FAULT_OOM is set
     report = {"rank": info.rank, "host": info.host, "local_rank": info.local_rank, **engine.weight_report()}
     reports = channel.all_gather(report)
     dist.unlink_own_shm_buffer(info)
     log.info("rank %d: engine %s ready in %.1f s: %s", info.rank, name, time.monotonic() - t0, report)
     return engine, channel, name, reason, reports
+
+
+def overlaps_steps(cfg: ServeConfig, engine: Engine) -> bool:
+    """Asynchronous scheduling on (--async-scheduling: auto = where the engine's steps are)."""
+    return cfg.async_scheduling == "on" or (cfg.async_scheduling == "auto" and engine.asynchronous)
 
 
 def run_worker(cfg: ServeConfig, info: DistInfo) -> int:
@@ -156,6 +162,7 @@ def build_scheduler(
         Watchdog(cfg.step_timeout_s),
         cfg.max_batch_tokens or None,
         sink or deliver,
+        overlap=engine.keep_picks,
     )
     return scheduler, name, reason, reports
 

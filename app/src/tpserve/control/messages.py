@@ -6,6 +6,10 @@
                                   (the failed step's sequences), return cached memory (after a CUDA OOM)
     Shutdown(release)             every rank: release, then exit 0
 
+A Step's token id below zero names the previous step's greedy pick of one of its rows
+(`from_previous`): asynchronous scheduling launches a step before the previous one's tokens reach
+rank 0's host, and every rank reads that token from its own device (tpserve.engines.base.run_step).
+
 `release` lists finished sequences; every rank frees them before anything else. Encoded by
 tpserve.control.stepwire as int64s only (no pickle on the wire). After a Step, a Heartbeat and a
 Recover every rank reports its outcome (Channel.agree): rank 0 goes on only once all did.
@@ -15,6 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+
+
+def from_previous(row: int) -> int:
+    """The token id that means "the previous step's pick of row `row`" (always < 0)."""
+    return -1 - row
+
+
+def previous_row(token: int) -> int:
+    """Inverse of from_previous (token < 0)."""
+    return -1 - token
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

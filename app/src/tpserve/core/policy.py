@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from tpserve.control.messages import from_previous
 from tpserve.core.request import Request
 
 #: Prompt tokens a step carries at least, even when decodes fill the token budget.
@@ -31,9 +32,19 @@ class StepPlan:
     too_big: list[Request] = dataclasses.field(default_factory=list)
 
 
+def decoding(req: Request) -> bool:
+    """Its whole feed is in the engine: its steps carry one token (sampled, or still in flight)."""
+    return req.prefilled or req.pending is not None
+
+
 def new_tokens(req: Request) -> int:
     """Tokens this request adds to the engine in its next step (all its remaining prompt, or 1)."""
-    return 1 if req.prefilled else len(req.feed) - req.prefill_pos
+    return 1 if decoding(req) else len(req.feed) - req.prefill_pos
+
+
+def next_token(req: Request) -> list[int]:
+    """A decoding request's chunk: its last token, or the in-flight step's pick that will be it."""
+    return [from_previous(req.pending[1])] if req.pending is not None else req.output_ids[-1:]
 
 
 def admission(active: list[Request], req: Request, fits: Fits) -> str:
@@ -65,9 +76,9 @@ def plan_step(
         (plan.at_capacity if lone.prefilled or lone.output_ids else plan.too_big).append(lone)
     prefilling: list[Request] = []
     for req in running[:max_rows]:
-        if req.prefilled:
+        if decoding(req):
             plan.batch.append(req)
-            plan.chunks.append(req.output_ids[-1:])
+            plan.chunks.append(next_token(req))
         else:
             prefilling.append(req)
     room = None if token_budget is None else max(token_budget - len(plan.batch), MIN_PREFILL_CHUNK)
@@ -88,7 +99,7 @@ def advance(plan: StepPlan) -> list[int]:
     (they, and every decoding row, get a sampled token)."""
     done = []
     for row, (req, chunk) in enumerate(zip(plan.batch, plan.chunks, strict=True)):
-        if not req.prefilled:
+        if not decoding(req):
             req.prefill_pos += len(chunk)
         if req.prefill_pos == len(req.feed):
             done.append(row)

@@ -72,6 +72,9 @@ class Request:
         self.feed: list[int] = prompt_ids
         self.prefill_pos = 0  # tokens of `feed` already sent to the engine (chunked prefill)
         self.prefilled = False  # the whole feed is in the engine and a token was sampled
+        #: (step, row): this request's next token is that step's pick of that row, launched but not
+        #: yet on the host (asynchronous scheduling); None: every token it has is in output_ids
+        self.pending: tuple[int, int] | None = None
         self.generator: torch.Generator | None = None
         self.stream: TextStream | None = None
         self.first_token_at: float | None = None
@@ -85,6 +88,7 @@ class Request:
         self.feed = [*self.prompt_ids, *self.output_ids]
         self.prefill_pos = 0
         self.prefilled = False
+        self.pending = None
 
     def cancel(self) -> None:
         """Called from the HTTP side (client went away, timeout): the scheduler drops it."""

@@ -13,12 +13,23 @@ any rank (`_out_of_memory`): no token comes out of the step, its sequences are f
 not fit ends the newest request with 503 + Retry-After. The time of the last agreement is the
 "heartbeat age" /health reports: an idle partition shows there (the heartbeat's agreement waits).
 
+Asynchronous scheduling (`overlap`, issue 13; vLLM v1 does the same): when every row that gets a
+token is greedy, the step's tokens stay on the device and the NEXT step is planned and launched
+before they reach this host: its decoding rows name "the previous step's pick of row r" and every
+rank copies that pick into its input on its own device. Then this thread takes the previous step's
+tokens (`_collect`) while the GPU runs the next step, so the host's work (sampling's copy, streaming,
+planning, DeepSpeed's batch preparation) hides behind the GPU's. What it costs: a request that ends
+on a token nobody could predict (EOS, a stop string) has already been given one more row, wasted;
+what is predictable (max_new_tokens, the context end) is not planned. A sampled (non-greedy) row, a
+preemption or a CUDA OOM takes the synchronous path: every token on the host first.
+
 A step's events go out together through `sink`: the event loop's queues (in-process) or ONE
 message to the front end process (tpserve.core.coreproc), which then detokenizes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -37,7 +48,7 @@ from tpserve.core.metrics import Metrics
 from tpserve.core.request import Event, Request, deliver
 from tpserve.core.sampling import Failed, make_generator, sample_batch
 from tpserve.core.textstream import TextStream
-from tpserve.engines.base import Engine
+from tpserve.engines.base import Engine, Picks
 
 log = logging.getLogger("tpserve.core.scheduler")
 
@@ -49,6 +60,15 @@ PHASE_FLUSH_STEPS = 16
 DELIVER_NOW_MAX = 8
 #: good steps after which a batch cap set by a CUDA OOM doubles (until it is gone)
 OOM_RESTORE_STEPS = 32
+
+
+@dataclasses.dataclass
+class InFlight:
+    """A step whose greedy picks are still on their way to rank 0's host (asynchronous scheduling)."""
+
+    step: int
+    rows: list[tuple[Request, int]]  # each request that gets a token, and its row in the step
+    picks: Picks
 
 
 class GroupBroken(RuntimeError):
@@ -68,9 +88,11 @@ class Scheduler:
         watchdog: Watchdog,
         token_budget: int | None = None,
         sink: Callable[[list[tuple[Request, Event]]], None] = deliver,
+        overlap: bool = False,
     ) -> None:
         """`decode` None: no detokenization here (the front end process does it and matches the
-        stop strings; events then carry token ids only). `sink` gets each step's events."""
+        stop strings; events then carry token ids only). `sink` gets each step's events. `overlap`:
+        asynchronous scheduling (the engine keeps its picks on every rank: engine.keep_picks)."""
         self.engine = engine
         if engine.kv_blocks() is not None:
             metrics.register_kv()
@@ -101,6 +123,9 @@ class Scheduler:
         #: after a CUDA OOM: most sequences per step (None: no cap), and good steps since the last OOM
         self.oom_cap: int | None = None
         self._oom_good_steps = 0
+        self.overlap = overlap
+        self._inflight: InFlight | None = None  # the step launched ahead of its tokens
+        self.steps_ahead = 0
 
     # -- called from the HTTP thread -------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -131,7 +156,13 @@ class Scheduler:
 
     def describe(self) -> dict[str, Any]:
         """The engine's live facts for /health (fastgen: free KV blocks, CUDA graphs so far)."""
-        return self.engine.describe()
+        info = self.engine.describe()
+        info["async_scheduling"] = {
+            "enabled": self.overlap,
+            "steps_launched_ahead": self.steps_ahead,  # before the previous step's tokens were here
+            **info.get("async_scheduling", {}),
+        }
+        return info
 
     @property
     def pid(self) -> int:
@@ -182,6 +213,8 @@ class Scheduler:
                 self._drain_expired()
             self._reap()
             self._admit()
+            if self._inflight is not None and not self.active:
+                self._collect()  # every request of the step in flight ended meanwhile
             if not self.active:
                 self._deliver()
                 self._flush_phases()
@@ -282,8 +315,13 @@ class Scheduler:
                 self._finish(req, "timeout")
 
     def _step(self) -> None:
+        ahead = self._inflight  # launched, its tokens not on the host yet: plan the next step past it
+        running = self.active if ahead is None else [r for r in self.active if not self._ends_pending(r)]
         while True:
-            plan = policy.plan_step(self.active, self._fits, self.token_budget, self.oom_cap)
+            plan = policy.plan_step(running, self._fits, self.token_budget, self.oom_cap)
+            if ahead is not None and (plan.preempt or plan.at_capacity or plan.too_big or not plan.batch):
+                self._collect()  # decide that with every token on the host: plan again
+                return
             for req in plan.preempt:  # decoding outgrew the KV cache: the newest sequence goes (it retries)
                 self._finish(req, "error", error="KV cache exhausted; request preempted, retry")
             for req in plan.at_capacity:  # a lone sequence that outgrows the whole cache ends where it is
@@ -294,10 +332,11 @@ class Scheduler:
                 break
             if not plan.preempt or not self.active:
                 return
+            running = self.active
             # one preempted, the others not planned: plan again, _fits frees its room first (a
             # heartbeat carries the release) when they do not fit without it
         batch, chunks = plan.batch, plan.chunks
-        prefills = sum(not r.prefilled for r in batch)
+        prefills = sum(not policy.decoding(r) for r in batch)
         if prefills:
             self.metrics.prefill_chunks.inc(prefills)
         uids = [r.uid for r in batch]
@@ -307,7 +346,10 @@ class Scheduler:
         phase["schedule"] += t0 - self._step_end
         logits, outcome = self._broadcast(Step, uids, chunks)
         self.steps += 1
+        self.steps_ahead += ahead is not None
         if outcome != ranks.OK or logits is None:
+            if ahead is not None:
+                self._collect()  # its tokens are good: keep them before the step's sequences recompute
             self._out_of_memory(batch)
             return
         if self.oom_cap is not None:
@@ -319,12 +361,24 @@ class Scheduler:
         # thread waits for the GPU (sample_batch releases the GIL), instead of taking the GIL in the
         # middle of the next step's kernel launches.
         self._deliver()
-        t1 = time.perf_counter()
-        # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
-        # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
         # a sequence whose prompt is only partly in the engine has no next token yet
         done = policy.advance(plan)
         sampled = [batch[row] for row in done]
+        if self.overlap and sampled and all(r.params.greedy for r in sampled):
+            # asynchronous scheduling: this step's picks stay on the device for the next step; rank 0
+            # takes the previous step's tokens to the host while this one runs
+            picks = self.engine.picks_to_host(len(batch))
+            for row in done:
+                batch[row].pending = (self.steps, row)
+            if ahead is not None:
+                self._collect()
+            self._inflight = InFlight(self.steps, [(batch[row], row) for row in done], picks)
+            return
+        if ahead is not None:
+            self._collect()
+        t1 = time.perf_counter()
+        # logits stay where the engine left them (the GPU for fastgen): greedy rows are picked there
+        # and only token ids cross to the host (a [64, 152064] fp32 copy + CPU argmax cost ~5 ms)
         rows = logits
         if len(done) != len(batch):
             rows = logits[torch.tensor(done, dtype=torch.long, device=logits.device)]
@@ -334,6 +388,36 @@ class Scheduler:
             log.warning("step %d: CUDA out of memory while sampling %d row(s)", self.steps, len(sampled))
             self._out_of_memory(batch)
             return
+        self._emit(sampled, tokens, t1, on_gpu=logits.device.type == "cuda")
+
+    def _ends_pending(self, req: Request) -> bool:
+        """Its token in flight ends it whatever it is (max_new_tokens, max_seq_len): plan it no more."""
+        if req.pending is None:
+            return False
+        n = len(req.output_ids) + 1
+        return n >= req.params.max_new_tokens or len(req.prompt_ids) + n >= self.engine.max_seq_len
+
+    def _collect(self) -> None:
+        """The step in flight's tokens to the host (waits for its device work), then emitted."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        t1 = time.perf_counter()
+        picked, finite = inflight.picks.wait()
+        sampled: list[Request] = []
+        tokens: list[int | Failed] = []
+        bad = Failed("the model produced non-finite logits (NaN/inf) for this sequence")
+        for req, row in inflight.rows:
+            if req.pending is not None and req.pending[0] == inflight.step:
+                req.pending = None
+            if req.finish_reason is not None:  # ended while its step ran (a stop, a cancel): no token
+                continue
+            sampled.append(req)
+            tokens.append(int(picked[row]) if finite[row] else bad)
+        self._emit(sampled, tokens, t1, on_gpu=True)
+
+    def _emit(self, sampled: list[Request], tokens: list[int | Failed], t1: float, on_gpu: bool) -> None:
+        """Each request's new token: text to stream, finished or not; the step's events go out."""
         t2 = time.perf_counter()
         now = time.monotonic()
         for req, token in zip(sampled, tokens, strict=True):
@@ -350,13 +434,13 @@ class Scheduler:
                     req, "error", error=f"token {token} could not be processed ({exc})", kind="internal"
                 )
         self.metrics.output_tokens.inc(len(sampled))
-        if logits.device.type != "cuda" or len(self._outbox) <= DELIVER_NOW_MAX:
+        if not on_gpu or len(self._outbox) <= DELIVER_NOW_MAX:
             # now: few streams (lowest latency), or a synchronous engine (CPU: the next forward does
             # not overlap anything, holding events back would only delay them by a whole step)
             self._deliver()
         self._step_end = time.perf_counter()
-        phase["sample"] += t2 - t1
-        phase["emit"] += self._step_end - t2
+        self._phase["sample"] += t2 - t1
+        self._phase["emit"] += self._step_end - t2
         if self.steps % PHASE_FLUSH_STEPS == 0:
             self._flush_phases()
 

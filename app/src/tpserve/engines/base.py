@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from tpserve.control.messages import previous_row
+
 
 class EngineError(RuntimeError):
     """A fatal engine problem (bad model, sharding not applied, unsupported setup)."""
@@ -65,9 +67,55 @@ class EngineOptions:
 
 
 class Engine(abc.ABC):
-    """One rank's share of a tensor-parallel model."""
+    """One rank's share of a tensor-parallel model.
+
+    Asynchronous scheduling (tpserve.core.scheduler, issue 13): with ``keep_picks`` on (every rank
+    alike), `run_step` keeps each row's greedy pick on the device, and the next step may name a
+    token as "the pick of row r of the previous step" (a negative id, tpserve.control.messages), so
+    rank 0 can launch that step before the previous one's tokens reach its host. This generic
+    version resolves such ids through the host (correct everywhere, it saves nothing); FastGen
+    copies them on the device.
+    """
 
     name: str = "base"
+    #: forward() returns while the device still works (CUDA streams): overlapping steps pays
+    asynchronous: bool = False
+    #: keep each step's greedy picks for the next step (set by tpserve.runtime on every rank)
+    keep_picks: bool = False
+    _picks: torch.Tensor | None = None
+    _last_logits: torch.Tensor | None = None
+
+    def run_step(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        """What every rank runs for a Step: `forward`, with ids of the previous step's picks resolved."""
+        sources = previous_rows(chunks)
+        if sources:
+            chunks = self._resolve(chunks, sources)
+        logits = self.forward(uids, chunks)
+        if self.keep_picks:
+            self._keep(logits)
+        return logits
+
+    def _resolve(self, chunks: Sequence[Sequence[int]], sources: dict[int, int]) -> list[Sequence[int]]:
+        """Chunks with the previous step's picks in place (through the host: no device-side copy)."""
+        if self._picks is None:
+            raise EngineError("a step names the previous step's picks, but none were kept")
+        picks = self._picks.tolist()
+        out = list(chunks)
+        for row, src in sources.items():
+            out[row] = [int(picks[src])]
+        return out
+
+    def _keep(self, logits: torch.Tensor) -> None:
+        self._picks = logits.argmax(dim=-1)
+        self._last_logits = logits
+
+    def picks_to_host(self, rows: int) -> Picks:
+        """Rank 0: the last step's greedy pick and 'all logits finite' of its first `rows` rows, on
+        their way to the host (`Picks.wait`). Synchronous here; FastGen's copy is asynchronous."""
+        if self._picks is None or self._last_logits is None:
+            raise EngineError("no picks kept (keep_picks is off, or no step ran)")
+        finite = torch.isfinite(self._last_logits[:rows]).all(dim=-1).long()
+        return Picks(torch.stack((self._picks[:rows], finite)).cpu(), None)
 
     @abc.abstractmethod
     def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -115,6 +163,24 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free resources at shutdown."""
+
+
+class Picks:
+    """One step's greedy picks on their way to the host: ``wait()`` -> (token ids, finite flags)."""
+
+    def __init__(self, host: torch.Tensor, done: Any) -> None:
+        self.host, self.done = host, done  # done: a CUDA event recorded after the copy (or None)
+
+    def wait(self) -> tuple[list[int], list[int]]:
+        if self.done is not None:
+            self.done.synchronize()
+        tokens, finite = self.host.tolist()
+        return tokens, finite
+
+
+def previous_rows(chunks: Sequence[Sequence[int]]) -> dict[int, int]:
+    """{row: the previous step's row whose pick is its token} for chunks that name one."""
+    return {i: previous_row(c[0]) for i, c in enumerate(chunks) if len(c) == 1 and c[0] < 0}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,11 +31,13 @@ from tpserve.engines.base import (
     Engine,
     EngineError,
     EngineOptions,
+    Picks,
     check_sharding,
     full_linear_weight_elements,
     load_config,
 )
 from tpserve.engines.fastgen.graphs import DecodeGraphs, use_stream_gemm
+from tpserve.engines.fastgen.inputs import StepInputs
 from tpserve.engines.fastgen.rope import use_fp32_rope
 from tpserve.tools.memory import ModelShape, default_max_context, fastgen_step_tokens
 from tpserve.tools.memory import plan as memory_plan
@@ -123,6 +125,7 @@ class FastGenEngine(Engine):
     """
 
     name = "fastgen"
+    asynchronous = True  # put() launches the step and returns: steps can overlap (run_step)
 
     def __init__(self, settings: FastGenSettings) -> None:
         reason = _preflight(settings)
@@ -198,10 +201,16 @@ class FastGenEngine(Engine):
         self.gemm = use_stream_gemm()  # eager and graphs alike: the same arithmetic either way
         self.allreduce = self._fast_allreduce()
         self.graphs: DecodeGraphs | None = None
+        model = self._v2_model()
         if settings.cuda_graphs:
-            model = self._v2_model()
             self.graphs = DecodeGraphs(model.forward, self.device)
-            model.forward = self.graphs  # engine.put() calls model.forward(batch)
+        rows = max(settings.max_batch_sequences, self.max_atoms)
+        self.inputs = StepInputs(self.graphs or model.forward, self.device, rows)
+        model.forward = self.inputs  # engine.put() calls model.forward(batch)
+        self._sources: dict[int, int] = {}  # this step's rows whose token is a previous pick
+        self._picks_host = [torch.zeros(2, rows, dtype=torch.long).pin_memory() for _ in range(2)]
+        self._picks_stage = torch.zeros(2, rows, dtype=torch.long, device=self.device)
+        self._picks_turn = 0
         self.kv_blocks_total = self.free_kv_blocks
         self.load_s = round(time.monotonic() - t0, 1)
         self._lengths: dict[int, int] = {}
@@ -297,11 +306,13 @@ class FastGenEngine(Engine):
                 )
         budget = self.settings.max_batch_tokens
         max_seqs = self.settings.max_batch_sequences
-        if sum(t.numel() for t in tokens) <= budget and len(uids) <= max_seqs:
-            logits = self._put(list(uids), tokens)
-        else:
-            logits = self._chunked(list(uids), tokens, budget, max_seqs)
-        return logits
+        try:
+            if sum(t.numel() for t in tokens) <= budget and len(uids) <= max_seqs:
+                return self._put(list(uids), tokens, list(range(len(uids))))
+            return self._chunked(list(uids), tokens, budget, max_seqs)
+        finally:  # also after a failed step (a CUDA OOM): nothing of it leaks into the next
+            self._sources = {}
+            self.inputs.take = None
 
     def _chunked(
         self, uids: list[int], tokens: list[torch.Tensor], budget: int, max_seqs: int
@@ -322,13 +333,14 @@ class FastGenEngine(Engine):
                 batch_idx.append(i)
                 offsets[i] += take
                 room -= take
-            logits = self._put([uids[i] for i in batch_idx], pieces)
+            logits = self._put([uids[i] for i in batch_idx], pieces, batch_idx)
             for row, i in enumerate(batch_idx):
                 if offsets[i] == tokens[i].numel():
                     out[i] = logits[row].clone()  # put() reuses its output buffer on the next call
         return torch.stack([o for o in out if o is not None])
 
-    def _put(self, uids: list[int], tokens: list[torch.Tensor]) -> torch.Tensor:
+    def _put(self, uids: list[int], tokens: list[torch.Tensor], rows: list[int]) -> torch.Tensor:
+        """One engine.put(); `rows`: each uid's row in the step (for the rows whose token is a pick)."""
         atoms = sum(-(-t.numel() // self.q_block) for t in tokens)
         if atoms > self.max_atoms:  # cannot happen with the sizing in __init__; never run it wrong
             raise EngineError(f"step needs {atoms} attention atoms > {self.max_atoms} allocated")
@@ -341,10 +353,47 @@ class FastGenEngine(Engine):
             )
         for uid in uids:  # DeepSpeed tracks a new uid from here on, even if its forward fails: so must
             self._lengths.setdefault(uid, 0)  # release(), or a request failed after a CUDA OOM leaks it
+        if self._sources:
+            positions, picks, at = [], [], 0
+            for t, row in zip(tokens, rows, strict=True):
+                if row in self._sources:
+                    positions.append(at)
+                    picks.append(self._sources[row])
+                at += t.numel()
+            self.inputs.take = (positions, picks) if picks else None
+        self.inputs.wait_inputs()  # the last step's copies from DeepSpeed's host buffers have run
         logits = self._engine.put(uids, tokens, do_checks=False)
         for uid, t in zip(uids, tokens, strict=True):
             self._lengths[uid] = self._lengths.get(uid, 0) + t.numel()
         return logits
+
+    # -- asynchronous scheduling: picks stay on the device (tpserve.engines.fastgen.inputs) -----
+    def _resolve(self, chunks: Sequence[Sequence[int]], sources: dict[int, int]) -> list[Sequence[int]]:
+        """A placeholder in each row whose token is a previous pick; StepInputs copies the pick in."""
+        self._sources = sources
+        out = list(chunks)
+        for row in sources:
+            out[row] = [0]
+        return out
+
+    def _keep(self, logits: torch.Tensor) -> None:
+        torch.argmax(logits, dim=-1, out=self.inputs.picks[: logits.shape[0]])
+        self._last_logits = logits
+
+    def picks_to_host(self, rows: int) -> Picks:
+        """The last step's picks and finite flags, copied to a pinned buffer without waiting (two
+        buffers in turn: the scheduler reads one step's while the next step's copy is queued)."""
+        if self._last_logits is None:
+            raise EngineError("no picks kept (keep_picks is off, or no step ran)")
+        stage = self._picks_stage[:, :rows]
+        stage[0].copy_(self.inputs.picks[:rows])
+        stage[1].copy_(torch.isfinite(self._last_logits[:rows]).all(dim=-1))
+        host = self._picks_host[self._picks_turn][:, :rows]
+        self._picks_turn ^= 1
+        host.copy_(stage, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Picks(host, done)
 
     def release(self, uid: int) -> None:
         if self._lengths.pop(uid, None) is not None:
@@ -388,6 +437,7 @@ class FastGenEngine(Engine):
             "rope": self.rope,
             "gemm": self.gemm,
             "allreduce": self._oneshot.describe() if getattr(self, "_oneshot", None) else self.allreduce,
+            "async_scheduling": {"steps_fed_on_device": self.inputs.copies},
             "cuda_graphs": self.graphs.describe()
             if self.graphs
             else {"enabled": False, "off_reason": "turned off (--no-cuda-graphs)"},
