@@ -4,7 +4,7 @@
 #   RESULTS=/some/dir bash bench/run_all.sh                 all steps (~11 min on 2xH200)
 #   STEPS="prebuild test raw" bash bench/run_all.sh         some steps (the device tool's 10-minute
 #   STEPS="fastgen hfc autotp report" bash bench/run_all.sh  calls: two calls on one warm machine)
-# Steps: prebuild test raw profile fastgen hfc autotp report (and fastgen-nccl, fastgen-inproc, only when named). RESULTS, the model (MODEL_DIR) and the built ops
+# Steps: prebuild test raw profile fastgen hfc autotp report (and fastgen-nccl, fastgen-inproc, fastgen-sync, only when named). RESULTS, the model (MODEL_DIR) and the built ops
 # (TORCH_EXTENSIONS_DIR) default to .cache/ in the checkout, so a later call on the same machine reuses them.
 # Each step has its own time limit (--deadline, seconds).
 set -u
@@ -46,6 +46,14 @@ want fastgen-nccl && run "$PY" bench/runner.py http --results "$R" --engine fast
 # 4c. the same with the HTTP front end inside the engine process (against 4: its own process, the default)
 want fastgen-inproc && run "$PY" bench/runner.py http --results "$R" --engine fastgen --tp 2 --variant inproc \
   --deadline "${T_FASTGEN:-170}" --server-arg=--no-frontend-process \
+  --server-arg=--max-batch-size --server-arg=64 --server-arg=--max-queue --server-arg=512 \
+  --scenario "--concurrency 1 --requests 8" \
+  --scenario "--concurrency 32 --requests 128" \
+  --scenario "--concurrency 64 --requests 256"
+# 4d. the same with asynchronous scheduling off (against 4: a step launched before the previous step's
+# tokens reach rank 0's host, the default)
+want fastgen-sync && run "$PY" bench/runner.py http --results "$R" --engine fastgen --tp 2 --variant sync \
+  --deadline "${T_FASTGEN:-170}" --server-arg=--async-scheduling --server-arg=off \
   --server-arg=--max-batch-size --server-arg=64 --server-arg=--max-queue --server-arg=512 \
   --scenario "--concurrency 1 --requests 8" \
   --scenario "--concurrency 32 --requests 128" \

@@ -6,6 +6,8 @@
 # graphs' batch sizes, memory and replays).
 #   device tool, kind nvidia-h200-x2, carry .whl:  RUNS="tp2-graphs tp2-eager" bash tests/gpu/graphs.sh
 #   then, on the warm machine:                       RUNS="tp1-graphs tp1-eager" bash tests/gpu/graphs.sh
+# TOKENS_ONLY=1: the greedy tokens and /health only, no load.
+# tp2-sync: graphs, asynchronous scheduling off (--async-scheduling off), against tp2-graphs (on: the default).
 # tp2-nccl: graphs with every all-reduce on NCCL (--no-oneshot-allreduce), against tp2-graphs (one-shot
 # all-reduce through symmetric memory for small tensors, the default inside one host).
 set -u
@@ -25,7 +27,7 @@ serve() {  # LABEL GPUS PORT [FLAG...]
   pids+=($!)
   wait_ready "$port"; echo "ready in $(( $(date +%s) - t0 )) s"
   tokens "$label" "$port"; tokens_batch "$label" "$port"
-  load "$label" 1 "$port"; load "$label" 64 "$port"
+  [ -n "${TOKENS_ONLY:-}" ] || { load "$label" 1 "$port"; load "$label" 64 "$port"; }
   curl -s "localhost:$port/health" | python3 -c "import json,sys; h=json.load(sys.stdin); print(json.dumps({'run': '$label', 'cuda_graphs': h['engine_details'].get('cuda_graphs'), 'gemm': h['engine_details'].get('gemm'), 'allreduce': h['engine_details'].get('allreduce'), 'kv_cache_blocks': h['engine_details'].get('kv_cache_blocks')}))" >> "$R/health.jsonl"
   tail -n 5 "$R/health.jsonl"
   grep -E "CUDA graphs|Error|error" "$R/$label.log" | tail -n 5
@@ -36,6 +38,7 @@ for run in $RUNS; do
     tp2-graphs) serve "$run" 0,1 8041 ;;
     tp2-eager) serve "$run" 0,1 8042 --no-cuda-graphs ;;
     tp2-nccl) serve "$run" 0,1 8045 --no-oneshot-allreduce ;;
+    tp2-sync) serve "$run" 0,1 8046 --async-scheduling off ;;
     tp1-graphs) serve "$run" 0 8043 ;;
     tp1-eager) serve "$run" 0 8044 --no-cuda-graphs ;;
     *) echo "unknown run $run" ;;
@@ -48,11 +51,11 @@ rows = [json.loads(l) for l in open(f"{sys.argv[1]}/tokens-batch.jsonl")]
 by_i = collections.defaultdict(dict)
 for r in rows:
     by_i[r["i"]][r["layout"]] = r["text"]
-for tp in ("tp2", "tp1"):
-    pairs = [(v.get(f"{tp}-graphs"), v.get(f"{tp}-eager")) for v in by_i.values()]
+for a_run, b_run in (("tp2-graphs", "tp2-eager"), ("tp1-graphs", "tp1-eager"), ("tp2-graphs", "tp2-sync")):
+    pairs = [(v.get(a_run), v.get(b_run)) for v in by_i.values()]
     pairs = [p for p in pairs if None not in p]
     if pairs:
-        print(f"{tp}: 8 concurrent greedy prompts, graphs == eager: {sum(a == b for a, b in pairs)}/{len(pairs)}")
+        print(f"8 concurrent greedy prompts, {a_run} == {b_run}: {sum(a == b for a, b in pairs)}/{len(pairs)}")
 PY
 for f in "$R"/*.log; do echo "== $f"; tail -n 20 "$f"; done > "$R/logs.txt"
 [ -n "${OUT:-}" ] && cp "$R"/load.jsonl "$R"/tokens.jsonl "$R"/tokens-batch.jsonl "$R"/health.jsonl "$R"/gpu.txt "$R"/logs.txt "$OUT"/ 2>/dev/null

@@ -27,9 +27,9 @@ load() {  # LABEL CLIENTS PORT...
 }
 summary() {  # WHAT: the table of every row in $R/load.jsonl and whether the greedy tokens agree
 python3 - "$R" "$1" <<'PY'
-import json, sys, collections
+import json, os, sys, collections
 R = sys.argv[1]
-rows = [json.loads(l) for l in open(f"{R}/load.jsonl")]
+rows = [json.loads(l) for l in open(f"{R}/load.jsonl")] if os.path.exists(f"{R}/load.jsonl") else []
 agg = collections.defaultdict(lambda: {"ok": 0, "requests": 0, "tok_s": 0.0, "itl": [], "ttft": []})
 for r in rows:
     layout, c, _ = r["tag"].rsplit("-", 2)

@@ -208,8 +208,9 @@ class FastGenEngine(Engine):
         self.inputs = StepInputs(self.graphs or model.forward, self.device, rows)
         model.forward = self.inputs  # engine.put() calls model.forward(batch)
         self._sources: dict[int, int] = {}  # this step's rows whose token is a previous pick
-        self._picks_host = [torch.zeros(2, rows, dtype=torch.long).pin_memory() for _ in range(2)]
-        self._picks_stage = torch.zeros(2, rows, dtype=torch.long, device=self.device)
+        # flat, so that a [2, n] view is contiguous: the asynchronous copy to the host needs that
+        self._picks_host = [torch.zeros(2 * rows, dtype=torch.long).pin_memory() for _ in range(2)]
+        self._picks_stage = torch.zeros(2 * rows, dtype=torch.long, device=self.device)
         self._picks_turn = 0
         self.kv_blocks_total = self.free_kv_blocks
         self.load_s = round(time.monotonic() - t0, 1)
@@ -385,10 +386,10 @@ class FastGenEngine(Engine):
         buffers in turn: the scheduler reads one step's while the next step's copy is queued)."""
         if self._last_logits is None:
             raise EngineError("no picks kept (keep_picks is off, or no step ran)")
-        stage = self._picks_stage[:, :rows]
+        stage = self._picks_stage[: 2 * rows].view(2, rows)
         stage[0].copy_(self.inputs.picks[:rows])
         stage[1].copy_(torch.isfinite(self._last_logits[:rows]).all(dim=-1))
-        host = self._picks_host[self._picks_turn][:, :rows]
+        host = self._picks_host[self._picks_turn][: 2 * rows].view(2, rows)
         self._picks_turn ^= 1
         host.copy_(stage, non_blocking=True)
         done = torch.cuda.Event()

@@ -31,8 +31,9 @@ class StepInputs:
         self.picks = torch.zeros(max_rows, dtype=torch.long, device=device)
         #: for the next call: (positions in the batch's input ids, rows of `picks`)
         self.take: tuple[list[int], list[int]] | None = None
-        self._index_host = torch.zeros(2, max_rows, dtype=torch.long).pin_memory()
-        self._index = torch.zeros(2, max_rows, dtype=torch.long, device=device)
+        # flat: a [2, n] view of the first 2n entries is contiguous (an asynchronous copy needs that)
+        self._index_host = torch.zeros(2 * max_rows, dtype=torch.long).pin_memory()
+        self._index = torch.zeros(2 * max_rows, dtype=torch.long, device=device)
         self._queued = torch.cuda.Event()
         self.copies = 0  # steps whose inputs came (partly) from the device
 
@@ -49,10 +50,10 @@ class StepInputs:
             if positions == rows == list(range(n)):  # the same sequences again, in the same order
                 ids[:n].copy_(self.picks[:n])
             else:
-                self._index_host[0, :n] = torch.tensor(positions)
-                self._index_host[1, :n] = torch.tensor(rows)
-                index = self._index[:, :n]
-                index.copy_(self._index_host[:, :n], non_blocking=True)
+                host = self._index_host[: 2 * n]
+                host.copy_(torch.tensor(positions + rows))
+                index = self._index[: 2 * n].view(2, n)
+                index.view(-1).copy_(host, non_blocking=True)
                 ids.index_copy_(0, index[0], self.picks.index_select(0, index[1]).to(ids.dtype))
             self.copies += 1
         self._queued.record()
