@@ -85,6 +85,7 @@ class Engine(abc.ABC):
     _picks: torch.Tensor | None = None
     _last_logits: torch.Tensor | None = None
 
+    @torch.inference_mode()
     def run_step(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
         """What every rank runs for a Step: `forward`, with ids of the previous step's picks resolved."""
         sources = previous_rows(chunks)
@@ -109,6 +110,7 @@ class Engine(abc.ABC):
         self._picks = logits.argmax(dim=-1)
         self._last_logits = logits
 
+    @torch.inference_mode()
     def picks_to_host(self, rows: int) -> Picks:
         """Rank 0: the last step's greedy pick and 'all logits finite' of its first `rows` rows, on
         their way to the host (`Picks.wait`). Synchronous here; FastGen's copy is asynchronous."""

@@ -381,6 +381,7 @@ class FastGenEngine(Engine):
         torch.argmax(logits, dim=-1, out=self.inputs.picks[: logits.shape[0]])
         self._last_logits = logits
 
+    @torch.inference_mode()
     def picks_to_host(self, rows: int) -> Picks:
         """The last step's picks and finite flags, copied to a pinned buffer without waiting (two
         buffers in turn: the scheduler reads one step's while the next step's copy is queued)."""
