@@ -9,6 +9,7 @@
 #   without the agreement) if set.
 #   device tool, kind nvidia-h200-x2, carry .whl:  STAGES=oom bash tests/gpu/oom.sh
 #   then, warm:                                     STAGES=itl BASELINE=baseline-src bash tests/gpu/oom.sh
+#   OOM_ARGS: more server flags for the oom stage (e.g. "--async-scheduling off")
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 R=${R:-/tmp/oom}; SHAPE=qwen2.5-7b
@@ -21,12 +22,13 @@ rc=0
 for stage in ${STAGES:-oom itl}; do
   case $stage in
     oom)
-      echo "== oom faults"
+      echo "== oom faults ${OOM_ARGS:-}"
+      read -ra extra <<< "${OOM_ARGS:-}"
       python3 -m tpserve.tools.synthetic /tmp/tiny --hidden 1024 --intermediate 2816 --layers 4 --heads 8 \
         --kv-heads 4 > /dev/null 2>&1
       TPSERVE_TEST_FAULT_OOM="1:4:1,1:4:4,*:4:1:before" setsid python3 -m deepspeed.launcher.runner \
         --include localhost:0,1 --master_port 29061 --module tpserve --model /tmp/tiny --engine fastgen \
-        --dtype bfloat16 --max-batch-size 4 --port 8061 > "$R/oom-server.log" 2>&1 &
+        --dtype bfloat16 --max-batch-size 4 --port 8061 "${extra[@]}" > "$R/oom-server.log" 2>&1 &
       pids+=($!)
       wait_ready 8061
       timeout 300 python3 app/tests/test_oom_tp2.py http://127.0.0.1:8061 > "$R/oom-client.txt" 2>&1 || rc=1
@@ -55,4 +57,5 @@ for stage in ${STAGES:-oom itl}; do
     *) echo "unknown stage $stage"; rc=1 ;;
   esac
 done
+[ -n "${OUT:-}" ] && cp "$R"/*.txt "$R"/*.log "$OUT"/ 2>/dev/null
 exit $rc
