@@ -50,7 +50,8 @@ async def one_request(
         "model": args.model,
         "prompt": prompt,
         "max_tokens": args.output_tokens,
-        "temperature": 0.0,
+        "temperature": args.temperature,
+        **({"top_p": args.top_p} if args.top_p < 1.0 else {}),
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -186,6 +187,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=151000, help="prompt ids in [100, vocab-100)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--tag", default="http")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON line here")
     args = ap.parse_args()

@@ -191,6 +191,15 @@ def launched(model_dir: Path, log_path: Path, **kwargs: object) -> Iterator[Laun
         remove_shm_buffers(server.master_port)
 
 
+#: the shared server's limits (test_async_scheduling starts its twin with the synchronous loop)
+SHARED_SERVER_ARGS = (
+    "--max-prompt-tokens", "256", "--max-new-tokens", "256", "--max-body-bytes", "65536",
+    "--max-batch-size", "16",
+    "--max-batch-tokens", "24",  # small: prompts of the tests are prefilled over several steps
+    "--max-queue", "64", "--request-timeout", "60",
+)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
     """The shared live TP=2 server (API key on, small limits so the limit paths are cheap to hit;
@@ -199,26 +208,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     resolves the previous step's picks on its own, the other launches keep the synchronous loop)."""
     logs = tmp_path_factory.mktemp("logs")
     log_path, pid_file = logs / "server.log", logs / "rank0.pid"
-    extra = (
-        "--max-prompt-tokens",
-        "256",
-        "--max-new-tokens",
-        "256",
-        "--max-body-bytes",
-        "65536",
-        "--max-batch-size",
-        "16",
-        "--max-batch-tokens",  # small: prompts of the tests are prefilled over several steps
-        "24",
-        "--max-queue",
-        "64",
-        "--request-timeout",
-        "60",
-        "--pid-file",
-        str(pid_file),
-        "--async-scheduling",
-        "on",
-    )
+    extra = (*SHARED_SERVER_ARGS, "--pid-file", str(pid_file), "--async-scheduling", "on")
     with launched(model_dir, log_path, api_key=API_KEY, extra=extra) as srv:
         yield srv
 

@@ -61,10 +61,13 @@ def test_the_wire_form_of_a_previous_pick() -> None:
     assert previous_rows([[5], [from_previous(3)], [1, 2], [from_previous(0)]]) == {1: 3, 3: 0}
 
 
-GREEDY = st.builds(
+PARAMS = st.builds(
     SamplingParams,
     max_new_tokens=st.integers(1, 14),
-    temperature=st.just(0.0),
+    temperature=st.sampled_from([0.0, 0.0, 0.7, 1.3]),  # sampled rows: seeded, the same draws either way
+    top_k=st.sampled_from([0, 5]),
+    top_p=st.sampled_from([1.0, 0.8]),
+    seed=st.integers(0, 2**32),
     stop=st.lists(st.sampled_from(["c", "ab", "zz", "q"]), max_size=2).map(tuple),
     ignore_eos=st.booleans(),
 )
@@ -73,7 +76,7 @@ PROMPTS = st.lists(st.integers(3, fakes.VOCAB - 2), min_size=1, max_size=30)
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    batch=st.lists(st.tuples(PROMPTS, GREEDY), min_size=1, max_size=10),
+    batch=st.lists(st.tuples(PROMPTS, PARAMS), min_size=1, max_size=10),
     budget=st.sampled_from([None, 8, 24]),
     kv_tokens=st.sampled_from([1 << 16, 40]),
     stagger=st.booleans(),
@@ -94,7 +97,8 @@ def test_overlapped_steps_give_the_synchronous_tokens(batch, budget, kv_tokens, 
 def test_decoding_streams_are_launched_ahead_and_nothing_leaks() -> None:
     engine = fakes.ScriptedEngine(8)
     items = [([10 + i, 11], SamplingParams(max_new_tokens=20, ignore_eos=True)) for i in range(6)]
-    items.append(([40], SamplingParams(max_new_tokens=20, temperature=0.8, seed=7)))  # sampled: synchronous
+    items.append(([40], SamplingParams(max_new_tokens=20, temperature=0.8, seed=7)))  # sampled on the device
+    items.append(([41], SamplingParams(max_new_tokens=20, temperature=1.2, top_k=9, top_p=0.7, seed=8)))
     sync, _, _ = _run(fakes.ScriptedEngine(8), items, False)
     over, ahead, _ = _run(engine, items, True)
     assert over == sync
@@ -148,3 +152,39 @@ def test_the_setting_decides_on_every_rank(mode: str) -> None:
     cfg = ServeConfig(async_scheduling=mode)
     assert overlaps_steps(cfg, fakes.ScriptedEngine()) is (mode == "on")  # auto: only where steps are async
     assert overlaps_steps(ServeConfig(async_scheduling="off"), fakes.ScriptedEngine()) is False
+
+
+def test_tp2_sampled_and_greedy_tokens_equal_the_synchronous_twin(
+    server, model_dir: Path, tmp_path: Path, auth: dict[str, str]
+) -> None:
+    """A real TP=2 launch (gloo): the shared server (asynchronous scheduling on) against a twin with
+    the same limits and the synchronous loop, one request at a time (so the steps are the same).
+    Seeded sampled requests need rank 0's picks on rank 1 (the Step's `shared` broadcast): without
+    it rank 1 would feed other tokens than rank 0 and the logits, hence the samples, would differ."""
+    import httpx
+    from conftest import API_KEY, SHARED_SERVER_ARGS, launched
+
+    bodies = [
+        {"prompt": "Tell me a story.", "max_new_tokens": 40, "temperature": 0.9, "seed": 11},
+        {"prompt": "1 2 3", "max_new_tokens": 40, "temperature": 1.3, "top_k": 20, "top_p": 0.9, "seed": 5},
+        {"prompt": "你好", "max_new_tokens": 40},
+    ]
+
+    def answers(base_url: str) -> list[list[int]]:
+        out = []
+        for body in bodies:
+            r = httpx.post(
+                base_url + "/generate", json={**body, "ignore_eos": True}, headers=auth, timeout=60
+            )
+            assert r.status_code == 200, r.text
+            out.append(r.json()["output_token_ids"])
+        return out
+
+    extra = (*SHARED_SERVER_ARGS, "--async-scheduling", "off")
+    with launched(model_dir, tmp_path / "sync.log", api_key=API_KEY, extra=extra) as twin:
+        sync = answers(twin.base_url)
+    overlapped = answers(server.base_url)
+    assert overlapped == sync
+    assert all(len(ids) == 40 for ids in sync)
+    health = httpx.get(server.base_url + "/health", timeout=10).json()
+    assert health["engine_details"]["async_scheduling"]["steps_launched_ahead"] > 0

@@ -76,9 +76,10 @@ class Running:
         return asyncio.run(main())
 
 
-@pytest.fixture
-def running() -> Iterator[Running]:
-    r = Running(fakes.ScriptedEngine(max_batch=8))
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def running(request: pytest.FixtureRequest) -> Iterator[Running]:
+    """Both loops: synchronous, and asynchronous scheduling (steps launched before the tokens)."""
+    r = Running(fakes.ScriptedEngine(max_batch=8), overlap=request.param)
     yield r
     r.stop()
     assert r.crash is None, f"the engine thread died: {r.crash!r}"

@@ -14,7 +14,7 @@ from conftest import free_port
 
 from tpserve.control import stepwire
 from tpserve.control.dist import Channel
-from tpserve.control.messages import Heartbeat, Message, Shutdown, Step
+from tpserve.control.messages import Heartbeat, Message, Shutdown, Step, from_previous
 from tpserve.engines.base import DistInfo
 
 
@@ -25,6 +25,7 @@ def _messages(rng: random.Random) -> list[Message]:
         Shutdown([1]),
         Step([7], [[1, 2, 3]], []),
         Step([], [], [5]),
+        Step([4, 5], [[from_previous(1)], [from_previous(0)]], [], shared=2),  # asynchronous scheduling
     ]
     for _ in range(30):
         n = rng.randint(1, 80)
@@ -72,7 +73,9 @@ def test_a_malformed_buffer_is_an_error() -> None:
     with pytest.raises(ValueError):
         stepwire.decode([*ints, 99])
     with pytest.raises(ValueError):
-        stepwire.decode([1, 5, 9, 0, 0])
+        stepwire.decode([1, 6, 9, 0, 0, 0])
+    with pytest.raises(ValueError):
+        stepwire.decode([1, 5, 1, 0, 0])  # shorter than a header
 
 
 def _rank(rank: int, port: int, messages: list[Any], results: Any, timeout_s: float) -> None:

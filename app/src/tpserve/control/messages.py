@@ -8,7 +8,9 @@
 
 A Step's token id below zero names the previous step's greedy pick of one of its rows
 (`from_previous`): asynchronous scheduling launches a step before the previous one's tokens reach
-rank 0's host, and every rank reads that token from its own device (tpserve.engines.base.run_step).
+rank 0's host, and every rank reads that token from its own device (tpserve.engines.base.run_step):
+its own greedy argmax, or, for a step whose `shared` is set, rank 0's picks (sampled rows), received
+first.
 
 `release` lists finished sequences; every rank frees them before anything else. Encoded by
 tpserve.control.stepwire as int64s only (no pickle on the wire). After a Step, a Heartbeat and a
@@ -36,8 +38,13 @@ class Step:
     uids: Sequence[int]
     chunks: Sequence[Sequence[int]]  # chunks[i]: the NEW tokens of sequence uids[i]
     release: Sequence[int] = ()
+    #: > 0: the previous step's first `shared` picks come from rank 0 (it sampled some of them):
+    #: every rank receives them (one broadcast on the data plane) before it resolves previous picks
+    shared: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.shared <= max(len(self.uids), 1) * 4096:
+            raise ValueError(f"shared picks out of range: {self.shared}")
         if len(self.uids) != len(self.chunks):
             raise ValueError(
                 f"a step needs one chunk per uid ({len(self.uids)} uids, {len(self.chunks)} chunks)"

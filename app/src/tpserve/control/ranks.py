@@ -51,7 +51,7 @@ def execute(engine: Engine, message: Message) -> torch.Tensor | None:
     for uid in message.release:
         engine.release(uid)
     if isinstance(message, Step):
-        return engine.run_step(message.uids, message.chunks)
+        return engine.run_step(message.uids, message.chunks, message.shared)
     if isinstance(message, Recover) and _cuda_in_use():
         torch.cuda.empty_cache()  # the failed step's blocks back to the driver (fragmentation)
     return None

@@ -68,10 +68,11 @@ class Failed:
     reason: str
 
 
-def sample_rows(
+def sample_rows_device(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
-) -> list[int]:
-    """Sampled (non-greedy) rows of [m, vocab] logits in one batched pass on their device.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled (non-greedy) rows of [m, vocab] logits in one batched pass on their device, nothing
+    read back: (token ids, sampled-from-a-finite-distribution flags), both [m] on the device.
 
     Temperature, top-k and top-p per row as tensors; then the exponential race: argmax(p / E) with
     E ~ Exp(1) picks token i with probability p_i, and each row draws its E from its own generator
@@ -98,9 +99,14 @@ def sample_rows(
     race = torch.empty_like(probs)
     for i, gen in enumerate(generators):
         race[i].exponential_(generator=gen)
-    picked, ok = torch.stack(
-        ((probs / race).argmax(dim=-1), torch.isfinite(probs).all(dim=-1).long())
-    ).tolist()
+    return (probs / race).argmax(dim=-1), torch.isfinite(probs).all(dim=-1)
+
+
+def sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """`sample_rows_device`, read back: the token ids; ValueError when a row has no distribution."""
+    picked, ok = torch.stack(sample_rows_device(logits, params, generators)).tolist()
     if not all(ok):  # e.g. logits of 1e38 over a tiny temperature: no distribution to sample from
         raise ValueError("non-finite probabilities after temperature scaling")
     return [int(t) for t in picked]

@@ -46,7 +46,7 @@ from tpserve.control.ranks import Watchdog
 from tpserve.core import output, policy
 from tpserve.core.metrics import Metrics
 from tpserve.core.request import Event, Request, deliver
-from tpserve.core.sampling import Failed, make_generator, sample_batch
+from tpserve.core.sampling import Failed, make_generator, sample_batch, sample_rows_device
 from tpserve.core.textstream import TextStream
 from tpserve.engines.base import Engine, Picks
 
@@ -64,11 +64,13 @@ OOM_RESTORE_STEPS = 32
 
 @dataclasses.dataclass
 class InFlight:
-    """A step whose greedy picks are still on their way to rank 0's host (asynchronous scheduling)."""
+    """A step whose picks are still on their way to rank 0's host (asynchronous scheduling)."""
 
     step: int
     rows: list[tuple[Request, int]]  # each request that gets a token, and its row in the step
     picks: Picks
+    #: rows of the step whose picks every rank must take from rank 0 (it sampled some): 0 = none
+    shared: int = 0
 
 
 class GroupBroken(RuntimeError):
@@ -233,10 +235,10 @@ class Scheduler:
                 continue
             self._step()
 
-    def _broadcast(self, kind: type[Message], *args: Any) -> tuple[torch.Tensor | None, int]:
+    def _broadcast(self, kind: type[Message], *args: Any, **fields: Any) -> tuple[torch.Tensor | None, int]:
         """Send one message, run it here, and (but for Shutdown) wait for every rank's outcome:
         (logits of a Step, the worst outcome of all ranks: ranks.OK or ranks.OOM)."""
-        message, self._release = kind(*args, release=self._release), []
+        message, self._release = kind(*args, **fields, release=self._release), []
         self.watchdog.busy()
         t0 = time.perf_counter()
         msg = self.channel.broadcast(message)
@@ -344,7 +346,8 @@ class Scheduler:
         t0 = time.perf_counter()
         phase = self._phase
         phase["schedule"] += t0 - self._step_end
-        logits, outcome = self._broadcast(Step, uids, chunks)
+        shared = ahead.shared if ahead is not None else 0  # the planned rows name its picks
+        logits, outcome = self._broadcast(Step, uids, chunks, shared=shared)
         self.steps += 1
         self.steps_ahead += ahead is not None
         if outcome != ranks.OK or logits is None:
@@ -364,16 +367,19 @@ class Scheduler:
         # a sequence whose prompt is only partly in the engine has no next token yet
         done = policy.advance(plan)
         sampled = [batch[row] for row in done]
-        if self.overlap and sampled and all(r.params.greedy for r in sampled):
-            # asynchronous scheduling: this step's picks stay on the device for the next step; rank 0
+        if self.overlap and sampled:
+            # asynchronous scheduling: this step's picks stay on the device for the next step (greedy:
+            # every rank's own argmax; sampled rows: rank 0's, which the next step shares); rank 0
             # takes the previous step's tokens to the host while this one runs
-            picks = self.engine.picks_to_host(len(batch))
-            for row in done:
-                batch[row].pending = (self.steps, row)
-            if ahead is not None:
-                self._collect()
-            self._inflight = InFlight(self.steps, [(batch[row], row) for row in done], picks)
-            return
+            shared, ok = self._sample_on_device(logits, batch, done)
+            if shared >= 0:
+                picks = self.engine.picks_to_host(len(batch), ok)
+                for row in done:
+                    batch[row].pending = (self.steps, row)
+                if ahead is not None:
+                    self._collect()
+                self._inflight = InFlight(self.steps, [(batch[row], row) for row in done], picks, shared)
+                return
         if ahead is not None:
             self._collect()
         t1 = time.perf_counter()
@@ -389,6 +395,27 @@ class Scheduler:
             self._out_of_memory(batch)
             return
         self._emit(sampled, tokens, t1, on_gpu=logits.device.type == "cuda")
+
+    def _sample_on_device(
+        self, logits: torch.Tensor, batch: list[Request], done: list[int]
+    ) -> tuple[int, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The sampled rows' tokens into the engine's picks, on the device, nothing read back:
+        (rows the next step must share, 0 when all are greedy; the rows' sound-sampling flags). -1:
+        sampling raised (a CUDA OOM, a bad value): the synchronous path samples them row by row."""
+        rows = [row for row in done if not batch[row].params.greedy]
+        if not rows:
+            return 0, None
+        try:
+            index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+            reqs = [batch[row] for row in rows]
+            tokens, sound = sample_rows_device(
+                logits.index_select(0, index), [r.params for r in reqs], [r.generator for r in reqs]
+            )
+            self.engine.set_picks(index, tokens)
+        except (RuntimeError, ValueError) as exc:  # incl. torch.OutOfMemoryError
+            log.warning("step %d: sampling on the device failed (%s): synchronous path", self.steps, exc)
+            return -1, None
+        return len(batch), (index, sound)
 
     def _ends_pending(self, req: Request) -> bool:
         """Its token in flight ends it whatever it is (max_new_tokens, max_seq_len): plan it no more."""
@@ -406,7 +433,7 @@ class Scheduler:
         picked, finite = inflight.picks.wait()
         sampled: list[Request] = []
         tokens: list[int | Failed] = []
-        bad = Failed("the model produced non-finite logits (NaN/inf) for this sequence")
+        bad = Failed("the model produced non-finite logits (NaN/inf) or probabilities for this sequence")
         for req, row in inflight.rows:
             if req.pending is not None and req.pending[0] == inflight.step:
                 req.pending = None

@@ -86,8 +86,11 @@ class Engine(abc.ABC):
     _last_logits: torch.Tensor | None = None
 
     @torch.inference_mode()
-    def run_step(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
-        """What every rank runs for a Step: `forward`, with ids of the previous step's picks resolved."""
+    def run_step(self, uids: Sequence[int], chunks: Sequence[Sequence[int]], shared: int = 0) -> torch.Tensor:
+        """What every rank runs for a Step: `forward`, with ids of the previous step's picks resolved
+        (`shared` > 0: its first `shared` picks are rank 0's, received first: it sampled some)."""
+        if shared:
+            self._share_picks(shared)
         sources = previous_rows(chunks)
         if sources:
             chunks = self._resolve(chunks, sources)
@@ -110,14 +113,32 @@ class Engine(abc.ABC):
         self._picks = logits.argmax(dim=-1)
         self._last_logits = logits
 
-    @torch.inference_mode()
-    def picks_to_host(self, rows: int) -> Picks:
-        """Rank 0: the last step's greedy pick and 'all logits finite' of its first `rows` rows, on
-        their way to the host (`Picks.wait`). Synchronous here; FastGen's copy is asynchronous."""
-        if self._picks is None or self._last_logits is None:
+    def _picks_buffer(self) -> torch.Tensor:
+        if self._picks is None:
             raise EngineError("no picks kept (keep_picks is off, or no step ran)")
-        finite = torch.isfinite(self._last_logits[:rows]).all(dim=-1).long()
-        return Picks(torch.stack((self._picks[:rows], finite)).cpu(), None)
+        return self._picks
+
+    def _share_picks(self, rows: int) -> None:
+        """Every rank: rank 0's picks of the previous step's first `rows` rows replace its own."""
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+            tdist.broadcast(self._picks_buffer()[:rows], src=0)
+
+    @torch.inference_mode()
+    def set_picks(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Rank 0: its sampled tokens of these rows (device tensors) replace the greedy picks."""
+        self._picks_buffer().index_copy_(0, rows, tokens)
+
+    @torch.inference_mode()
+    def picks_to_host(self, rows: int, ok: tuple[torch.Tensor, torch.Tensor] | None = None) -> Picks:
+        """Rank 0: the last step's picks and whether each row is good (all its logits finite; for the
+        rows in `ok`, also sampled from a finite distribution) of its first `rows` rows, on their way
+        to the host (`Picks.wait`). Synchronous here; FastGen's copy is asynchronous."""
+        if self._last_logits is None:
+            raise EngineError("no picks kept (keep_picks is off, or no step ran)")
+        good = picks_good(self._last_logits, rows, ok)
+        return Picks(torch.stack((self._picks_buffer()[:rows], good)).cpu(), None)
 
     @abc.abstractmethod
     def forward(self, uids: Sequence[int], chunks: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -178,6 +199,16 @@ class Picks:
             self.done.synchronize()
         tokens, finite = self.host.tolist()
         return tokens, finite
+
+
+def picks_good(logits: torch.Tensor, rows: int, ok: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Per row (long, device): 1 when all its logits are finite and, for the rows in `ok` = (row
+    indices, sampled-from-a-finite-distribution flags), that sampling was sound."""
+    good = torch.isfinite(logits[:rows]).all(dim=-1)
+    if ok is not None:
+        index, sound = ok
+        good = good.index_copy(0, index, good.index_select(0, index) & sound)
+    return good.long()
 
 
 def previous_rows(chunks: Sequence[Sequence[int]]) -> dict[int, int]:

@@ -35,6 +35,7 @@ from tpserve.engines.base import (
     check_sharding,
     full_linear_weight_elements,
     load_config,
+    picks_good,
 )
 from tpserve.engines.fastgen.graphs import DecodeGraphs, use_stream_gemm
 from tpserve.engines.fastgen.inputs import StepInputs
@@ -381,15 +382,18 @@ class FastGenEngine(Engine):
         torch.argmax(logits, dim=-1, out=self.inputs.picks[: logits.shape[0]])
         self._last_logits = logits
 
+    def _picks_buffer(self) -> torch.Tensor:
+        return self.inputs.picks
+
     @torch.inference_mode()
-    def picks_to_host(self, rows: int) -> Picks:
-        """The last step's picks and finite flags, copied to a pinned buffer without waiting (two
+    def picks_to_host(self, rows: int, ok: tuple[torch.Tensor, torch.Tensor] | None = None) -> Picks:
+        """The last step's picks and good-row flags, copied to a pinned buffer without waiting (two
         buffers in turn: the scheduler reads one step's while the next step's copy is queued)."""
         if self._last_logits is None:
             raise EngineError("no picks kept (keep_picks is off, or no step ran)")
         stage = self._picks_stage[: 2 * rows].view(2, rows)
         stage[0].copy_(self.inputs.picks[:rows])
-        stage[1].copy_(torch.isfinite(self._last_logits[:rows]).all(dim=-1))
+        stage[1].copy_(picks_good(self._last_logits, rows, ok))
         host = self._picks_host[self._picks_turn][: 2 * rows].view(2, rows)
         self._picks_turn ^= 1
         host.copy_(stage, non_blocking=True)
