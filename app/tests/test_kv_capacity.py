@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import fakes
 import torch
@@ -69,6 +70,8 @@ class PagedFastGen(FastGenEngine):
         self._lengths: dict[int, int] = {}
         self._engine = _BlockPool(blocks, block)
         self.kv_blocks_total = blocks
+        self._sources = {}  # asynchronous scheduling's state (no device here: never used)
+        self.inputs = SimpleNamespace(take=None, wait_inputs=lambda: None)
 
     def weight_report(self) -> dict:
         return {}

@@ -68,6 +68,16 @@ class Failed:
     reason: str
 
 
+def small_tensor(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A few host values on `device` without waiting for the device: `torch.tensor(..., device=cuda)`
+    copies synchronously (the stream waits: a launched step would have to finish first), so on CUDA
+    the values go through pinned memory and an asynchronous copy."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def sample_rows_device(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,19 +90,19 @@ def sample_rows_device(
     copied to the host.
     """
     dev = logits.device
-    x = logits.float() / torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
+    x = logits.float() / small_tensor([max(p.temperature, 1e-5) for p in params], dev)[:, None]
     vocab = x.shape[-1]
     ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
     if max(ks) > 0:
         top = torch.topk(x, max(ks), dim=-1).values
-        kth = top.gather(1, torch.tensor([max(k, 1) - 1 for k in ks], device=dev)[:, None])
-        on = torch.tensor([k > 0 for k in ks], device=dev)[:, None]
+        kth = top.gather(1, small_tensor([max(k, 1) - 1 for k in ks], dev)[:, None])
+        on = small_tensor([k > 0 for k in ks], dev)[:, None]
         x = x.masked_fill(on & (x < kth), float("-inf"))
     ps = [p.top_p if 0.0 < p.top_p < 1.0 else 1.0 for p in params]
     if min(ps) < 1.0:
         ordered, order = torch.sort(x, descending=True, dim=-1)
         probs = torch.softmax(ordered, dim=-1)
-        remove = torch.cumsum(probs, dim=-1) - probs > torch.tensor(ps, device=dev)[:, None]
+        remove = torch.cumsum(probs, dim=-1) - probs > small_tensor(ps, dev)[:, None]
         remove[:, 0] = False  # the smallest prefix whose mass reaches top_p
         x = torch.empty_like(x).scatter_(1, order, ordered.masked_fill(remove, float("-inf")))
     probs = torch.softmax(x, dim=-1)

@@ -20,8 +20,11 @@ rank copies that pick into its input on its own device. Then this thread takes t
 tokens (`_collect`) while the GPU runs the next step, so the host's work (sampling's copy, streaming,
 planning, DeepSpeed's batch preparation) hides behind the GPU's. What it costs: a request that ends
 on a token nobody could predict (EOS, a stop string) has already been given one more row, wasted;
-what is predictable (max_new_tokens, the context end) is not planned. A sampled (non-greedy) row, a
-preemption or a CUDA OOM takes the synchronous path: every token on the host first.
+what is predictable (max_new_tokens, the context end) is not planned. Sampled (non-greedy) rows:
+with `overlap_sampled` (--async-scheduling on) rank 0 samples them on its device into the picks and
+the next step has every rank take rank 0's picks (its `shared` field: one broadcast on the data
+plane); otherwise (auto) a step with a sampled row is synchronous. A preemption or a CUDA OOM takes
+the synchronous path: every token on the host first.
 
 A step's events go out together through `sink`: the event loop's queues (in-process) or ONE
 message to the front end process (tpserve.core.coreproc), which then detokenizes.
@@ -46,7 +49,7 @@ from tpserve.control.ranks import Watchdog
 from tpserve.core import output, policy
 from tpserve.core.metrics import Metrics
 from tpserve.core.request import Event, Request, deliver
-from tpserve.core.sampling import Failed, make_generator, sample_batch, sample_rows_device
+from tpserve.core.sampling import Failed, make_generator, sample_batch, sample_rows_device, small_tensor
 from tpserve.core.textstream import TextStream
 from tpserve.engines.base import Engine, Picks
 
@@ -91,10 +94,12 @@ class Scheduler:
         token_budget: int | None = None,
         sink: Callable[[list[tuple[Request, Event]]], None] = deliver,
         overlap: bool = False,
+        overlap_sampled: bool = False,
     ) -> None:
         """`decode` None: no detokenization here (the front end process does it and matches the
         stop strings; events then carry token ids only). `sink` gets each step's events. `overlap`:
-        asynchronous scheduling (the engine keeps its picks on every rank: engine.keep_picks)."""
+        asynchronous scheduling (the engine keeps its picks on every rank: engine.keep_picks) of steps
+        whose rows are all greedy; `overlap_sampled`: of steps with sampled rows too."""
         self.engine = engine
         if engine.kv_blocks() is not None:
             metrics.register_kv()
@@ -126,6 +131,7 @@ class Scheduler:
         self.oom_cap: int | None = None
         self._oom_good_steps = 0
         self.overlap = overlap
+        self.overlap_sampled = overlap and overlap_sampled
         self._inflight: InFlight | None = None  # the step launched ahead of its tokens
         self.steps_ahead = 0
 
@@ -367,7 +373,7 @@ class Scheduler:
         # a sequence whose prompt is only partly in the engine has no next token yet
         done = policy.advance(plan)
         sampled = [batch[row] for row in done]
-        if self.overlap and sampled:
+        if self.overlap and sampled and (self.overlap_sampled or all(r.params.greedy for r in sampled)):
             # asynchronous scheduling: this step's picks stay on the device for the next step (greedy:
             # every rank's own argmax; sampled rows: rank 0's, which the next step shares); rank 0
             # takes the previous step's tokens to the host while this one runs
@@ -406,7 +412,7 @@ class Scheduler:
         if not rows:
             return 0, None
         try:
-            index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+            index = small_tensor(rows, logits.device, torch.long)
             reqs = [batch[row] for row in rows]
             tokens, sound = sample_rows_device(
                 logits.index_select(0, index), [r.params for r in reqs], [r.generator for r in reqs]
