@@ -6,6 +6,5 @@ cd "$(dirname "$0")/../.." || exit 1
 R=/tmp/async; SHAPE=qwen2.5-7b
 # shellcheck source=tests/gpu/env.sh
 source tests/gpu/env.sh
-timeout 300 python3 tests/gpu/async_equal.py 2>&1 | grep -v "^\[" | tail -n 5 | tee "$R/async_equal.txt"
-[ -n "${OUT:-}" ] && cp "$R/async_equal.txt" "$OUT/"
+py_check tests/gpu/async_equal.py 300 "$R/async_equal.txt"
 grep -q '"first_mismatch": null' "$R/async_equal.txt"

@@ -23,3 +23,7 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee
 python3 -c "import torch, deepspeed, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)" | tee -a "$R/gpu.txt"
 [ -f "$MODEL_DIR/config.json" ] || { echo "== building the $SHAPE model"; timeout 400 python3 bench/phases.py save | tail -1; }
 [ -n "${SKIP_PREBUILD:-}" ] || timeout 300 python3 -m tpserve.tools.prebuild --accelerator cuda | tail -1  # autotp-only calls skip it
+py_check() {  # SCRIPT TIMEOUT RESULT: run a Python check here, keep its last lines in RESULT (and in $OUT)
+  timeout "$2" python3 "$1" 2>&1 | grep -v "^\[" | tail -n 5 | tee "$3"
+  if [ -n "${OUT:-}" ]; then cp "$3" "$OUT/"; fi
+}

@@ -6,6 +6,5 @@ cd "$(dirname "$0")/../.." || exit 1
 R=/tmp/graphs; SHAPE=qwen2.5-7b
 # shellcheck source=tests/gpu/env.sh
 source tests/gpu/env.sh
-timeout 240 python3 tests/gpu/graphs_equal.py 2>&1 | grep -v "^\[" | tail -n 5 | tee "$R/graphs_equal.txt"
-[ -n "${OUT:-}" ] && cp "$R/graphs_equal.txt" "$OUT/"
+py_check tests/gpu/graphs_equal.py 240 "$R/graphs_equal.txt"
 exit 0
