@@ -447,7 +447,7 @@ class Scheduler:
                 continue
             sampled.append(req)
             tokens.append(int(picked[row]) if finite[row] else bad)
-        self._emit(sampled, tokens, t1, on_gpu=True)
+        self._emit(sampled, tokens, t1, on_gpu=inflight.picks.done is not None)  # an async copy: CUDA
 
     def _emit(self, sampled: list[Request], tokens: list[int | Failed], t1: float, on_gpu: bool) -> None:
         """Each request's new token: text to stream, finished or not; the step's events go out."""
