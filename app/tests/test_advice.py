@@ -13,7 +13,7 @@ def test_7b_on_a10s_across_nodes_is_told_to_use_replicas() -> None:
     out = advise(QWEN_7B, "tp_across_nodes", 4, 4, A10_GIB, latency_ms=0.3, gbps=1.2)
     assert out["fits_one_gpu"] is True and out["min_tp"] == 1
     text = " ".join(out["advice"])
-    assert "tpserve_layout=replicas" in text and "4.5x the throughput" in text
+    assert "tpserve_layout=replicas" in text and "4.3x the throughput" in text
     assert "56 all-reduces" in text and "at least 16.8 ms per token" in text
 
 

@@ -17,16 +17,18 @@ from typing import Any
 from tpserve.config import ServeConfig
 from tpserve.tools.memory import GIB, ModelShape, default_max_context, fastgen_step_tokens, gib, plan
 
-#: fastgen with CUDA graphs over HTTP, Qwen2.5-7B shape, 128/128 tokens: the three layouts in one
-#: sitting on 2x H200 (tests/gpu/layouts.sh; 64 clients; replicas: two TP=1 servers, 32 clients each).
+#: fastgen with CUDA graphs and asynchronous scheduling over HTTP, Qwen2.5-7B shape, 128/128 tokens:
+#: the three layouts in one sitting on 2x H200 (tests/gpu/layouts.sh; 64 clients; replicas: two TP=1
+#: servers, 32 clients each).
 MEASURED: dict[str, Any] = {
-    "source": "tests/gpu/results/2026-11-30-s8-2xh200-sitting (2x H200, 7B, fastgen, graphs, one sitting)",
-    "replicas_itl_ms": 5.33,
-    "replicas_tok_s_64": 6911,
-    "tp2_node_itl_ms": 4.08,
-    "tp2_node_tok_s_64": 6087,
-    "tp2_across_itl_ms": 7.28,
-    "tp2_across_tok_s_64": 1546,
+    "source": "tests/gpu/results/2026-11-30-s10-2xh200-async (2x H200, 7B, fastgen, graphs, "
+    "asynchronous scheduling, one sitting)",
+    "replicas_itl_ms": 4.85,
+    "replicas_tok_s_64": 8156,
+    "tp2_node_itl_ms": 3.53,
+    "tp2_node_tok_s_64": 8334,
+    "tp2_across_itl_ms": 5.77,
+    "tp2_across_tok_s_64": 1917,
 }
 
 
