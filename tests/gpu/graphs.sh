@@ -51,7 +51,7 @@ rows = [json.loads(l) for l in open(f"{sys.argv[1]}/tokens-batch.jsonl")]
 by_i = collections.defaultdict(dict)
 for r in rows:
     by_i[r["i"]][r["layout"]] = r["text"]
-for a_run, b_run in (("tp2-graphs", "tp2-eager"), ("tp1-graphs", "tp1-eager"), ("tp2-graphs", "tp2-sync")):
+for a_run, b_run in (("tp2-graphs", "tp2-eager"), ("tp1-graphs", "tp1-eager"), ("tp2-graphs", "tp2-sync"), ("tp2-graphs", "tp2-nccl")):
     pairs = [(v.get(a_run), v.get(b_run)) for v in by_i.values()]
     pairs = [p for p in pairs if None not in p]
     if pairs:
