@@ -260,7 +260,8 @@ def v2_loop(
 
 
 def wrapped_engine(kv_blocks: int | None) -> Any:
-    """tpserve's FastGenEngine as the service builds it (CUDA graphs, one-shot all-reduce on)."""
+    """tpserve's FastGenEngine as the service builds it (CUDA graphs, one-shot all-reduce on;
+    ONESHOT=0: every all-reduce on NCCL, as --no-oneshot-allreduce)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app" / "src"))
     from tpserve.engines.fastgen import FastGenEngine, FastGenSettings
 
@@ -271,6 +272,7 @@ def wrapped_engine(kv_blocks: int | None) -> Any:
             kv_cache_blocks=kv_blocks,
             max_batch_tokens=max(BATCHES) * PROMPT,
             max_batch_sequences=max(BATCHES),
+            oneshot_allreduce=os.environ.get("ONESHOT", "1") != "0",
         )
     )
 
