@@ -12,13 +12,17 @@ CUDA graphs like NCCL is). NVLink multicast stays off (``TORCH_SYMM_MEM_DISABLE_
 one-shot algorithm does not need it.
 
 Only where it can work: CUDA, TP > 1, every rank of the group on this host (peer memory does not
-cross hosts), 16-bit tensors up to ``max_bytes`` (prompt chunks are larger and stay on NCCL). A
-dtype the kernel refuses (torch 2.11-2.13's one-shot kernel takes float32 and bfloat16, not float16,
-which is what fastgen's activations are) goes through float32: the cast is the copy into the buffer
-anyway, and the sum comes back through a cast. With two ranks that is bit-for-bit NCCL's float16 sum
-(a + b of two float16 values is exact in float32, then rounded once, as a float16 add rounds it).
-At start-up each dtype's route is checked against NCCL on a test tensor; any failure leaves NCCL in
-charge of that dtype and /health says why.
+cross hosts), 16-bit tensors up to ``max_bytes`` of the dtypes the kernel takes here (checked at
+start: torch 2.11's one-shot kernel refused float16, which is what fastgen's activations are; autotp
+serves bfloat16 models in bfloat16) (prompt chunks are larger and stay on NCCL). At
+start-up the reduce is checked against NCCL on a test tensor; any failure leaves NCCL in charge
+and /health says why.
+
+Float16 through float32 (cast into the buffer, one-shot float32 sum into a workspace, cast back) was
+built and measured in session 11 (2x H200, TP=2, 7B shape, one sitting): tokens equal to NCCL's, but
+slower: the decode step's GPU busy time 3.47 ms at batch 1 (NCCL 3.27) and 5.27 at 64 (NCCL 4.89);
+the one-shot kernel alone took 7.1 us per all-reduce at batch 1 (NCCL ~7.0) before its two casts.
+So fastgen's float16 all-reduces stay on NCCL (tests/gpu/results/2026-11-30-s11-2xh200/NOTE.md).
 """
 
 from __future__ import annotations
@@ -34,11 +38,9 @@ log = logging.getLogger("tpserve.engines.allreduce")
 class OneShotAllReduce:
     def __init__(self, group: Any, device: torch.device, max_bytes: int = 1 << 20) -> None:
         self.max_bytes = max_bytes
-        #: dtype -> the dtype it is summed in (itself, or float32 where the kernel refuses it)
-        self.routes: dict[torch.dtype, torch.dtype] = {}
+        self.dtypes: list[torch.dtype] = []  # what the one-shot kernel takes here (checked, below)
         self.calls = 0
         self.off_reason: str | None = None
-        self.refused: list[str] = []
         try:
             import torch.distributed as tdist
             import torch.distributed._symmetric_memory as symm_mem
@@ -47,62 +49,47 @@ class OneShotAllReduce:
             self.group_name = self.group.group_name
             self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
             symm_mem.rendezvous(self.buffer, self.group_name)
-            self._wide = torch.empty(max_bytes // 4, dtype=torch.float32, device=device)
             self._check(tdist)
         except Exception as exc:  # any failure: NCCL stays in charge
             self.off_reason = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("one-shot all-reduce off: %s", self.off_reason)
 
     def _check(self, tdist: Any) -> None:
-        """Each dtype's route once against NCCL: natively, else through float32 (every rank runs the
-        same checks in the same order; torch 2.11's kernel refuses float16 before any communication)."""
+        """Each 16-bit dtype once against NCCL (every rank runs the same checks in the same order;
+        torch 2.11's kernel refuses float16 before any communication, for instance)."""
         rank = tdist.get_rank(self.group)
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            for via in dict.fromkeys((dtype, torch.float32)):
-                if via != dtype and self.routes.get(torch.float32) != torch.float32:
-                    continue  # no float32 route to go through
-                if self._probe(tdist, rank, dtype, via):
-                    break
+        refused = []
+        for dtype in (torch.bfloat16, torch.float16):
+            probe = torch.arange(4096, device=self.buffer.device, dtype=dtype) * 0.001 + rank
+            expected = probe.clone()
+            tdist.all_reduce(expected, group=self.group)
+            self.dtypes.append(dtype)
+            try:
+                self(probe)
+                if not torch.allclose(probe.float(), expected.float(), rtol=1e-2, atol=1e-2):
+                    raise RuntimeError("the one-shot sum differs from NCCL's on the probe tensor")
+            except (NotImplementedError, RuntimeError) as exc:
+                self.dtypes.remove(dtype)
+                refused.append(f"{dtype}: {type(exc).__name__}: {str(exc)[:120]}")
         self.calls = 0
-        self.routes.pop(torch.float32, None)  # what a 16-bit model sends: float32 was the means
-        if not self.routes:
-            raise RuntimeError("; ".join(self.refused))
-
-    def _probe(self, tdist: Any, rank: int, dtype: torch.dtype, via: torch.dtype) -> bool:
-        probe = torch.arange(4096, device=self.buffer.device, dtype=dtype) * 0.001 + rank
-        expected = probe.clone()
-        tdist.all_reduce(expected, group=self.group)
-        self.routes[dtype] = via
-        try:
-            self(probe)
-            if not torch.allclose(probe.float(), expected.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError("the one-shot sum differs from NCCL's on the probe tensor")
-        except (NotImplementedError, RuntimeError) as exc:
-            del self.routes[dtype]
-            self.refused.append(f"{dtype} via {via}: {type(exc).__name__}: {str(exc)[:120]}")
-            return False
-        return True
+        if not self.dtypes:
+            raise RuntimeError("; ".join(refused))
+        self.refused = refused
 
     def __call__(self, tensor: torch.Tensor) -> bool:
         """Sum ``tensor`` over the group in place; False (nothing done) when it is not for us."""
-        via = self.routes.get(tensor.dtype)
         n = tensor.numel()
         if (
             self.off_reason is not None
-            or via is None
-            or n * via.itemsize > self.max_bytes
+            or tensor.dtype not in self.dtypes
+            or n * tensor.element_size() > self.max_bytes
             or not tensor.is_contiguous()
         ):
             return False
         flat = tensor.view(-1)
-        staged = self.buffer.view(via)[:n]
-        staged.copy_(flat)  # the cast, where there is one
-        if via == tensor.dtype:
-            torch.ops.symm_mem.one_shot_all_reduce_out(staged, "sum", self.group_name, flat)
-        else:  # the sum may not land in the buffer the peers are reading: a workspace, then back
-            wide = self._wide[:n]
-            torch.ops.symm_mem.one_shot_all_reduce_out(staged, "sum", self.group_name, wide)
-            flat.copy_(wide)
+        staged = self.buffer.view(tensor.dtype)[:n]
+        staged.copy_(flat)
+        torch.ops.symm_mem.one_shot_all_reduce_out(staged, "sum", self.group_name, flat)
         self.calls += 1
         return True
 
@@ -110,15 +97,11 @@ class OneShotAllReduce:
         return {
             "enabled": self.off_reason is None,
             "off_reason": self.off_reason,
-            "dtypes": [_name(d) if d == v else f"{_name(d)} via {_name(v)}" for d, v in self.routes.items()],
-            "refused": self.refused,
+            "dtypes": [str(d).removeprefix("torch.") for d in self.dtypes],
+            "refused": getattr(self, "refused", []),
             "max_bytes": self.max_bytes,
             "calls": self.calls,
         }
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 class _Comm:
