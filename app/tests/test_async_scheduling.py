@@ -107,23 +107,6 @@ def test_decoding_streams_are_launched_ahead_and_nothing_leaks() -> None:
     assert engine.seqs == {}, f"sequences not released: {engine.seqs}"
 
 
-def test_auto_overlaps_greedy_steps_only() -> None:
-    """--async-scheduling auto (overlap_sampled off): a step with a sampled row is synchronous."""
-    sampled = [([10 + i], SamplingParams(max_new_tokens=12, temperature=0.9, seed=i)) for i in range(3)]
-    greedy = [([20 + i], SamplingParams(max_new_tokens=12, ignore_eos=True)) for i in range(3)]
-    for items, expect_ahead in ((sampled, False), (greedy, True)):
-        r = Running(fakes.ScriptedEngine(8), overlap=True, overlap_sampled=False, decode=_letters)
-        try:
-
-            async def main(items=items, r=r) -> list:
-                return await asyncio.gather(*(r.generate(p, sp) for p, sp in items))
-
-            asyncio.run(main())
-        finally:
-            r.stop()
-        assert (r.sched.steps_ahead > 0) is expect_ahead, (items, r.sched.steps_ahead)
-
-
 def test_a_stop_found_late_costs_one_wasted_row_not_a_token() -> None:
     """EOS (token 0) cannot be predicted: the next step already carries the row; the output must
     not contain anything after the EOS, and the sequence is released."""

@@ -35,14 +35,13 @@ class Running:
         token_budget: int | None = None,
         decode=fakes.decode,
         overlap: bool = False,
-        overlap_sampled: bool | None = None,
     ) -> None:
         self.engine = engine
         channel, batch = Channel(DistInfo()), engine.max_batch_size
         engine.keep_picks = overlap  # asynchronous scheduling (tpserve.runtime sets it on every rank)
         self.sched = Scheduler(
             engine, channel, decode, {0}, Metrics(), batch, 0.5, Watchdog(0), token_budget,
-            overlap=overlap, overlap_sampled=overlap if overlap_sampled is None else overlap_sampled,
+            overlap=overlap,
         )  # fmt: skip
         self.crash: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -94,9 +94,9 @@ class ServeConfig:
     async_scheduling: str = setting(
         "auto",
         "rank 0 launches a step before the previous step's tokens reach its host (they go from device "
-        "to device); auto: steps whose rows are all greedy, where the engine's steps run asynchronously "
-        "(fastgen); on: every step, sampled rows too (sampled on rank 0's device, then shared), any "
-        "engine (CPU: correct, no gain); off: every step waits for its tokens",
+        "to device; sampled rows are sampled on rank 0's device, then shared); auto: where the engine's "
+        "steps run asynchronously (fastgen); on: any engine (CPU: correct, no gain); off: every step "
+        "waits for its tokens",
         choices=("auto", "on", "off"),
     )
     frontend_process: bool = setting(

@@ -163,7 +163,6 @@ def build_scheduler(
         cfg.max_batch_tokens or None,
         sink or deliver,
         overlap=engine.keep_picks,
-        overlap_sampled=cfg.async_scheduling == "on",  # auto: greedy steps only (measured: see config)
     )
     return scheduler, name, reason, reports
 
