@@ -333,69 +333,13 @@ def phase_v2(wrapped: bool) -> None:
     log(stage="tokens", first32=toks, top2=logits[0].topk(2).values.tolist())
 
 
-KERNEL_KINDS = (  # first match wins; lower-case substrings of CUDA kernel names
-    ("all-reduce (NCCL)", ("nccl",)),  # also the one all-gather of the logits
-    ("all-reduce (one-shot)", ("one_shot", "oneshot", "symm", "barrier")),
-    # before GEMM: DeepSpeed's flash_fwd_kernel names cutlass types (session 8's sitting counted it
-    # as GEMM; its NOTE.md moves it by hand)
-    ("attention + rotary", ("attn", "flash", "atom", "rotary", "blocked", "kv_")),
-    ("GEMM", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "splitk", "dot_kernel")),
-    ("copy / fill", ("memcpy", "memset", "copy", "fill")),
-)
-
-
-def kernel_kind(name: str) -> str:
-    low = name.lower()
-    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
-
-
-def kernel_table(events: list[tuple[str, float, float]], steps: int) -> dict[str, Any]:
-    """GPU time per step from (kernel name, start us, end us): by kind, busy (union of intervals)
-    and the top kernels. Kernels of one stream do not overlap; NCCL's may, so busy <= the sum."""
-    by_kind: dict[str, float] = {}
-    by_name: dict[str, list[float]] = {}
-    spans = sorted((a, b) for _, a, b in events)
-    for name, a, b in events:
-        kind = kernel_kind(name)
-        by_kind[kind] = by_kind.get(kind, 0.0) + (b - a)
-        by_name.setdefault(name, []).append(b - a)
-    busy, end = 0.0, float("-inf")
-    for a, b in spans:
-        if b > end:
-            busy += b - max(a, end)
-            end = b
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
-    return {
-        "kernels_per_step": round(len(events) / steps, 1),
-        "kernel_ms_per_step": round(sum(b - a for _, a, b in events) / steps / 1000, 4),
-        "busy_ms_per_step": round(busy / steps / 1000, 4),
-        "by_kind_ms_per_step": {k: round(v / steps / 1000, 4) for k, v in sorted(by_kind.items())},
-        "top": [
-            {
-                "kernel": name[:90],
-                "kind": kernel_kind(name),
-                "per_step": round(len(d) / steps, 2),
-                "ms_per_step": round(sum(d) / steps / 1000, 4),
-            }
-            for name, d in top
-        ],
-    }
-
-
-def cuda_kernels(prof: Any) -> list[tuple[str, float, float]]:
-    """(name, start us, end us) of every GPU kernel / copy a torch.profiler run saw."""
-    out = []
-    for e in prof.events():
-        on_gpu = str(getattr(e, "device_type", "")).endswith("CUDA")
-        if on_gpu and e.time_range.end > e.time_range.start:
-            out.append((e.name, float(e.time_range.start), float(e.time_range.end)))
-    return out
-
-
 def profile_batch(eng: Any, bs: int, vocab: int, steps: int) -> dict[str, Any]:
     """Decode steps of `bs` sequences: timed plain (median host hand-over and step wall), then the
     same number under torch.profiler (kernel time per step by kind)."""
     from torch.profiler import ProfilerActivity, profile
+
+    # one owner of the kernel classification: the service's step profile (TPSERVE_PROFILE)
+    from tpserve.engines.stepprofile import cuda_kernels, kernel_table
 
     uids = [700_000 + 1000 * bs + i for i in range(bs)]
     nxt = eng.forward(uids, list(prompts(bs, vocab))).argmax(-1).cpu()

@@ -76,6 +76,7 @@ class LaunchedServer:
         api_key: str | None = None,
         extra: tuple[str, ...] = (),
         torchrun_local_size: int | None = None,
+        env_extra: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.master_port = free_port()
@@ -84,6 +85,7 @@ class LaunchedServer:
         env = server_env()
         if api_key:
             env["TPSERVE_API_KEY"] = api_key
+        env.update(env_extra or {})
         if torchrun_local_size is None:
             launcher = [
                 sys.executable,
@@ -191,6 +193,9 @@ def launched(model_dir: Path, log_path: Path, **kwargs: object) -> Iterator[Laun
         remove_shm_buffers(server.master_port)
 
 
+#: the shared server profiles its steps 3..10 on every rank (TPSERVE_PROFILE; test_server checks)
+PROFILED_STEPS = (3, 8)
+
 #: the shared server's limits (test_async_scheduling starts its twin with the synchronous loop)
 SHARED_SERVER_ARGS = (
     "--max-prompt-tokens", "256", "--max-new-tokens", "256", "--max-body-bytes", "65536",
@@ -209,7 +214,9 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     logs = tmp_path_factory.mktemp("logs")
     log_path, pid_file = logs / "server.log", logs / "rank0.pid"
     extra = (*SHARED_SERVER_ARGS, "--pid-file", str(pid_file), "--async-scheduling", "on")
-    with launched(model_dir, log_path, api_key=API_KEY, extra=extra) as srv:
+    profile = {"TPSERVE_PROFILE": f"{PROFILED_STEPS[0]}:{PROFILED_STEPS[1]}:{logs / 'profile'}"}
+    with launched(model_dir, log_path, api_key=API_KEY, extra=extra, env_extra=profile) as srv:
+        srv.profile_dir = logs / "profile"  # type: ignore[attr-defined]
         yield srv
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import API_KEY, LaunchedServer
+from conftest import API_KEY, PROFILED_STEPS, LaunchedServer
 
 from tpserve.frontend.schemas import REFERENCE_SYSTEM_PROMPT
 
@@ -107,6 +107,25 @@ def test_rank_1_logs_where_its_step_time_went(server: LaunchedServer, auth: dict
         assert time.monotonic() < deadline, server.log_tail()
         time.sleep(0.2)
     assert float(found[-1]) > 0  # a forward of the tiny model takes some time on every step
+
+
+def test_every_rank_profiles_its_steps_when_asked(server: LaunchedServer, auth: dict[str, str]) -> None:
+    """TPSERVE_PROFILE=3:8:DIR (conftest): each rank writes the profile of its own steps 3..10 (the
+    same window on every rank: every rank runs every step). On CPU there is no GPU timeline: the
+    window's host times and a note; the GPU host's kernel figures are tests/gpu's."""
+    r = post(server, "/generate", {"prompt": "count", "max_new_tokens": 20, "ignore_eos": True}, auth)
+    assert r.status_code == 200, r.text
+    first, count = PROFILED_STEPS
+    deadline = time.monotonic() + 10
+    paths = [server.profile_dir / f"stepprofile-rank{rank}.json" for rank in (0, 1)]  # type: ignore[attr-defined]
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    for rank, path in enumerate(paths):
+        got = json.loads(path.read_text())
+        assert (got["rank"], got["steps"], got["first_step"]) == (rank, count, first), got
+        assert got["gpu"] == "none (CPU rank)", got
+        assert 0 < got["host_run_step_ms_mean"] <= got["wall_ms_per_step"], got
 
 
 def test_djl_style_predictions(server: LaunchedServer, auth: dict[str, str]) -> None:

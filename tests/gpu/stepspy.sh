@@ -2,7 +2,10 @@
 # Where each rank's step time goes in the fastgen TP=2 service (issue 13; session 8's diagnostic): a
 # server with TPSERVE_WORKER_STATS=500 (rank 1 logs its wait / run / report per step), 1 then 64
 # clients, /metrics around each (rank 0's step phases: phases.txt) and py-spy on every process of the
-# group during the 1-client load (pyspy.txt: inclusive samples per function, top 30 per process).
+# group during the 1-client load (pyspy.txt: inclusive samples per function, top 30 per process),
+# and each rank's GPU timeline over 100 steps of the 1-client load (TPSERVE_PROFILE, steps
+# 1000-1099: stepprofile-rank<R>.json: busy / idle ms per step, the longest idle gaps and what
+# ran on both sides of them; PROFILE=START:COUNT:DIR to move the window).
 #   device tool, kind nvidia-h200-x2, carry .whl WITH a py-spy wheel (pip download py-spy):
 #   bash tests/gpu/run.sh stepspy          (~5 min on a fresh machine, ~1 min warm)
 set -u
@@ -12,7 +15,7 @@ R=${OUT:-/tmp/stepspy}; SHAPE=qwen2.5-7b
 source tests/gpu/env.sh
 SPY=/tmp/site/bin/py-spy
 [ -x "$SPY" ] || echo "no py-spy in /tmp/site/bin (put its wheel in .whl/): the profile is skipped"
-TPSERVE_WORKER_STATS=500 setsid python3 -m deepspeed.launcher.runner --num_gpus 2 --master_port 8012 --module tpserve \
+TPSERVE_PROFILE=${PROFILE:-1000:100:$R} TPSERVE_WORKER_STATS=500 setsid python3 -m deepspeed.launcher.runner --num_gpus 2 --master_port 8012 --module tpserve \
   --model "$MODEL_DIR" --served-model-name m --engine fastgen --tp-size 2 --port 8011 --host 127.0.0.1 \
   --max-batch-size 64 --max-queue 512 > "$R/server.log" 2>&1 &
 L=$!
@@ -72,4 +75,13 @@ with open(f"{R}/pyspy.txt", "w") as fh:
         for f, c in counter.most_common(30):
             print(f"{c:6d} {100 * c / total:5.1f}% {f}", file=fh)
 print(f"py-spy summary: {R}/pyspy.txt")
+PY
+python3 - "$R" <<'PY'
+import glob, json, sys
+for path in sorted(glob.glob(f"{sys.argv[1]}/stepprofile-rank*.json")):
+    p = json.load(open(path))
+    print(f"rank {p['rank']} steps {p['first_step']}+{p['steps']}: wall {p['wall_ms_per_step']} ms/step, GPU busy "
+          f"{p.get('busy_ms_per_step')}, idle {p.get('idle_ms_per_step')}, gaps > 10 us {p.get('idle_gaps_over_10us')}")
+    for g in p.get("longest_gaps", [])[:6]:
+        print(f"   {g['us']:8.1f} us idle after {g['after']} / before {g['before']}")
 PY

@@ -83,9 +83,11 @@ def bring_up(cfg: ServeConfig, info: DistInfo) -> tuple[Any, dist.Channel, str, 
     t0 = time.monotonic()
     engine = engines.create(name, options)
     from tpserve.control.ranks import TestFaultOOM
+    from tpserve.engines.stepprofile import StepProfile
 
     engine.keep_picks = overlaps_steps(cfg, engine)  # the same answer on every rank
     TestFaultOOM.install(engine, info.rank)  # tests only: None unless TPSERVE_TEST_FAULT_OOM is set
+    StepProfile.install(engine, info.rank)  # diagnostics only: None unless TPSERVE_PROFILE is set
     report = {"rank": info.rank, "host": info.host, "local_rank": info.local_rank, **engine.weight_report()}
     reports = channel.all_gather(report)
     dist.unlink_own_shm_buffer(info)
