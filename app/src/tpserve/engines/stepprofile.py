@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tpserve.engines.base import EngineError
+
 log = logging.getLogger("tpserve.engines.stepprofile")
 
 PROFILE_ENV = "TPSERVE_PROFILE"
@@ -130,7 +132,10 @@ class StepProfile:
         spec = os.environ.get(PROFILE_ENV, "").strip()
         if not spec:
             return None
-        profile = cls(spec, rank)
+        try:
+            profile = cls(spec, rank)
+        except ValueError as exc:  # a configuration error: every rank stops with it (exit 2)
+            raise EngineError(str(exc)) from None
         log.warning("rank %d: %s=%s: profiling steps %d..%d", rank, PROFILE_ENV, spec,
                     profile.start, profile.start + profile.count - 1)  # fmt: skip
         engine.run_step = profile.wrap(engine.run_step)
@@ -141,7 +146,7 @@ class StepProfile:
         def profiled(uids: Sequence[int], chunks: Sequence[Sequence[int]], shared: int = 0) -> torch.Tensor:
             self.calls += 1
             if self.calls == self.start:
-                self._begin()
+                self._guarded(self._begin)
             t = time.perf_counter()
             try:
                 return run_step(uids, chunks, shared)
@@ -149,9 +154,19 @@ class StepProfile:
                 if self._prof is not None:
                     self.host_s.append(time.perf_counter() - t)
                     if self.calls == self.start + self.count - 1:
-                        self._end()
+                        self._guarded(self._end)
 
         return profiled
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """A diagnostic never breaks serving: a failure (an unwritable DIR, a profiler error) is
+        logged and the window is dropped."""
+        try:
+            action()
+        except Exception as exc:
+            self._prof = None
+            log.error("rank %d: %s failed, no step profile: %s: %s", self.rank, PROFILE_ENV,
+                      type(exc).__name__, exc)  # fmt: skip
 
     def _begin(self) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -163,11 +178,13 @@ class StepProfile:
 
     def _end(self) -> None:
         on_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        if on_cuda:
-            torch.cuda.synchronize()  # the window's last kernels are in the trace
-        wall = time.perf_counter() - self._t0
         prof, self._prof = self._prof, None
-        prof.__exit__(None, None, None)
+        try:
+            if on_cuda:
+                torch.cuda.synchronize()  # the window's last kernels are in the trace
+            wall = time.perf_counter() - self._t0
+        finally:
+            prof.__exit__(None, None, None)
         steps = len(self.host_s)
         self.result = {
             "rank": self.rank,
