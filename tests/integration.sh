@@ -8,7 +8,8 @@
 #      holds its new ed25519 key, pdsh from the master as the service user reaches every node
 #      once, its model matches MANIFEST.sha256)
 #   -> site.yml again (changed=0 on every host: idempotence after both the full and the --limit
-#      run) -> site.yml --check --diff (changed=0, failed=0) -> serve.yml brings the group back
+#      run) -> the molecule scenarios cluster_base and default checked on this lab (ON_LAB below)
+#      -> site.yml --check --diff (changed=0, failed=0) -> serve.yml brings the group back
 #      -> smoketest.yml
 #   -> serve.yml with tpserve_layout=replicas tpserve_tp_size=1 and monitoring on twice (changed=0)
 #      -> smoketest.yml (reports reports/smoke-<inventory>-<stage>.json; a rank killed with kill -9:
@@ -20,11 +21,25 @@
 # Uses the default lab and inventory/lab; for a private lab export LAB_PREFIX, LAB_SUBNET,
 # LAB_NETWORK and LAB_INVENTORY (see tests/lab/README.md); LAB_RELEASE=trixie runs it all on
 # Debian 13 nodes (CPython 3.13) instead of Debian 12 (3.11).
-# INTEGRATION_SCOPE=release (default full) runs only the path every node release must pass: site.yml,
+# INTEGRATION_SCOPE=ci (make test) runs all of it but the node rebuild and the serve.yml +
+# smoketest.yml after it (about 170 s; `make integration` runs them: issue 16.4, make test <= 15 min
+# warm). INTEGRATION_SCOPE=release (default full) runs only the path every node release must pass: site.yml,
 # serve.yml twice (changed=0), smoketest.yml, site.yml again (changed=0), site.yml --check
 # (`make integration-trixie`: a 2-node Debian 13 lab).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Molecule scenarios this stage checks on its own lab, each with the converge it runs here first
+# ("site.yml": already run above, on fresh nodes, then again with changed=0, which is the
+# scenario's idempotence step; cluster_base's converge is site.yml's first half). Their verify.yml
+# then runs on the 4 served nodes. tests/run_ci.sh asks for this list (--verifies) and does not
+# build their own labs in a run that has this stage: the same roles on the same kind of nodes,
+# converged twice (issue 16.4, make test <= 15 min warm). `make molecule` still runs them whole.
+declare -A ON_LAB=([cluster_base]=site.yml [default]=molecule/default/converge.yml)
+if [[ ${1:-} == --verifies ]]; then
+  printf '%s\n' "${!ON_LAB[@]}" | sort
+  exit 0
+fi
 export PATH="${PWD}/.venv/bin:${PATH}"
 export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 INVENTORY=${LAB_INVENTORY:-inventory/lab}
@@ -89,13 +104,20 @@ have() {
   return 1
 }
 
-# full: every stage; release: only the path a node release must pass (see the header).
+# full: every stage; ci: every stage but the node rebuild; release: only the path a node release
+# must pass (see the header).
 full() {
   [[ ${SCOPE} == full ]] && return 0
   say "$1: not in INTEGRATION_SCOPE=${SCOPE}, skipped"
   return 1
 }
-[[ ${SCOPE} =~ ^(full|release)$ ]] || die "INTEGRATION_SCOPE must be full or release (got '${SCOPE}')"
+# not_release: the stages of full that ci keeps too.
+not_release() {
+  [[ ${SCOPE} != release ]] && return 0
+  say "$1: not in INTEGRATION_SCOPE=${SCOPE}, skipped"
+  return 1
+}
+[[ ${SCOPE} =~ ^(full|ci|release)$ ]] || die "INTEGRATION_SCOPE must be full, ci or release (got '${SCOPE}')"
 
 say "lab up (LAB_NODES=${LAB_NODES:-4}, LAB_RELEASE=${LAB_RELEASE:-bookworm}, scope ${SCOPE})"
 tests/lab/lab.sh up
@@ -286,6 +308,20 @@ blocked_port_case() {
   say "network preflight: failed in ${n} s (serve.yml ${took}s in all), naming ${master} <-> ${victim}; nothing changed, service still active"
 }
 
+# molecule_on_lab: each ON_LAB scenario's converge (unless site.yml's), then its verify.yml.
+molecule_on_lab() {
+  local name converge
+  for name in $(printf '%s\n' "${!ON_LAB[@]}" | sort); do
+    converge=${ON_LAB[${name}]}
+    if [[ ${converge} != site.yml ]]; then
+      playbook "molecule-${name}-converge" "${converge}" || die "molecule ${name}: converge on the lab"
+    fi
+    TPSERVE_MOL_NODES=${#nodes[@]} playbook "molecule-${name}-verify" "molecule/${name}/verify.yml" ||
+      die "molecule ${name}: verify.yml on the lab (converge: ${converge})"
+    say "molecule ${name}: verify.yml passed on the lab's ${#nodes[@]} nodes (converge: ${converge})"
+  done
+}
+
 if have site.yml; then
   playbook site-1 site.yml || die "site.yml (first run)"
   target "site.yml first run" site-1 240
@@ -299,7 +335,7 @@ if have serve.yml && have smoketest.yml; then
   recap_check "${LOG_DIR}/serve-2.log" "serve.yml second run (idempotence)"
   say "network preflight (healthy): $(grep -o '[a-z0-9-]* <-> [a-z0-9-]*: latency [0-9.]* ms' "${LOG_DIR}/serve-2.log" | tr '\n' ';')"
   smoke tp_across_nodes
-  if full "network preflight with blocked ports"; then blocked_port_case "${nodes[-1]}"; fi
+  if not_release "network preflight with blocked ports"; then blocked_port_case "${nodes[-1]}"; fi
 fi
 
 if have site.yml; then
@@ -309,18 +345,21 @@ if have site.yml; then
   # Second full run: changed=0 on every host (the rebuilt node after its --limit run, the others
   # after the first run), then a dry run.
   playbook site-2 site.yml || die "site.yml (second run)"
-  recap_check "${LOG_DIR}/site-2.log" "site.yml second run (idempotence, also after the --limit rebuild)"
+  recap_check "${LOG_DIR}/site-2.log" "site.yml second run (idempotence$([[ ${SCOPE} == full ]] && echo ", also after the --limit rebuild"))"
   target "site.yml no-op" site-2 45
+  molecule_on_lab
   playbook site-check site.yml --check --diff || die "site.yml --check --diff"
   recap_check "${LOG_DIR}/site-check.log" "site.yml --check --diff"
   target "site.yml --check --diff" site-check 45
 fi
 
-if have serve.yml && have smoketest.yml && full "rebuild, kill -9, replicas, monitoring"; then
-  # serve.yml brings the group back with the rebuilt node (its unit is new; the others' units
-  # restart until every rank is there).
-  playbook serve-rebuilt serve.yml || die "serve.yml after the node rebuild"
-  smoke rebuilt
+if have serve.yml && have smoketest.yml && not_release "replicas, monitoring"; then
+  if [[ ${SCOPE} == full ]]; then
+    # serve.yml brings the group back with the rebuilt node (its unit is new; the others' units
+    # restart until every rank is there).
+    playbook serve-rebuilt serve.yml || die "serve.yml after the node rebuild"
+    smoke rebuilt
+  fi
 
   # A rank killed (kill -9) and the group's recovery: `make chaos` (tests/chaos/run.sh kill-rank:
   # with streams in flight, every unit restarted, serve.yml changed=0, smoketest.yml), no longer

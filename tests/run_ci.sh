@@ -8,6 +8,9 @@
 # happens (even a failed lint), the labs (default lab, molecule labs) are torn down when the run
 # includes the molecule or integration stage, /dev/shm files the run leaked are removed, and the last
 # line is `N passed, N failed`.
+# With every stage (make test): app/tests run in the background from the start; the molecule
+# scenarios the integration stage checks on its lab (tests/integration.sh --verifies) get no lab of
+# their own; the integration runs with INTEGRATION_SCOPE=ci (no node rebuild: make integration).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=${PWD}
@@ -127,11 +130,13 @@ stage_lint() {
 
 has_tests() { compgen -G "$1/test_*.py" >/dev/null || compgen -G "$1/**/test_*.py" >/dev/null; }
 
-# app/tests beside tests/unit and the molecule stage (when the run has unit then molecule): the app
-# tests mostly wait (DeepSpeed groups starting, timeouts: ~0.6 of a core over 5.5 min), tests/unit
-# is ansible-playbook runs on this machine (no lab, its files in tmp), molecule waits on its
-# containers; one after the other they used ~0.7 of the 2 cores. The integration stage still runs
-# alone: its 16.3 timing targets are measured there. The app tests' output is shown when they end.
+# app/tests beside lint, tests/unit and the molecule stage (when the run has unit then molecule),
+# from the pipeline's start, in APP_TEST_WORKERS (default 2) pytest-xdist processes, a test file
+# per process: the app tests mostly wait (DeepSpeed groups starting, heartbeat and step timeouts:
+# measured alone, 407 s wall for 220 s of CPU in one process), lint runs on ~1.3 of the 2 cores,
+# tests/unit is ansible-playbook runs on this machine (no lab, its files in tmp), molecule waits on
+# its containers. The integration stage still runs alone: its 16.3 timing targets are measured
+# there. The app tests' output is shown when they end.
 beside_pid=""
 beside_log=""
 beside_name=""
@@ -140,8 +145,9 @@ beside_start() {  # TREE: python -m pytest -q TREE in the background
   beside_name="unit $1"
   beside_log=$(mktemp /tmp/tpserve-ci-beside.XXXXXX)
   beside_t0=${SECONDS}
-  say "${beside_name}: python -m pytest -q $1 (in the background, beside the next steps; output when it ends)"
-  python -m pytest -q "$1" >"${beside_log}" 2>&1 &
+  local workers=(-n "${APP_TEST_WORKERS:-2}" --dist loadfile)
+  say "${beside_name}: python -m pytest -q ${workers[*]} $1 (in the background, beside the next steps; output when it ends)"
+  python -m pytest -q "${workers[@]}" "$1" >"${beside_log}" 2>&1 &
   beside_pid=$!
 }
 beside_wait() {  # count it like a step
@@ -161,8 +167,7 @@ stage_unit() {
     if has_tests "${tree}"; then
       any=1
       if [[ ${tree} == app/tests && ${unit_beside} == 1 ]]; then
-        beside_start "${tree}"
-        continue
+        continue  # started with the pipeline (below)
       fi
       step "unit ${tree}" python -m pytest -q "${tree}"
     else
@@ -172,6 +177,9 @@ stage_unit() {
   ((any)) || echo "run_ci: unit: nothing to run"
 }
 
+# In a run that has the integration stage, the scenarios it checks on its own lab (their converge
+# there, then their verify.yml: tests/integration.sh --verifies) are not built a lab of their own.
+on_integration_lab=()
 stage_molecule() {
   local dir name any=0
   teardown_labs=1
@@ -180,6 +188,10 @@ stage_molecule() {
   for dir in molecule/*/; do
     name=$(basename "${dir}")
     [[ ${name} == _* || ! -f ${dir}molecule.yml ]] && continue
+    if [[ " ${on_integration_lab[*]} " == *" ${name} "* ]]; then
+      echo "run_ci: molecule ${name}: checked by the integration stage on its lab (converge, then verify.yml)"
+      continue
+    fi
     any=1
     step "molecule ${name}" molecule test -s "${name}"
   done
@@ -190,7 +202,8 @@ stage_molecule() {
 stage_integration() {
   teardown_labs=1
   image_wait
-  step integration tests/integration.sh
+  # scope ci: every integration stage but the node rebuild (make integration runs that too)
+  step integration env INTEGRATION_SCOPE="${INTEGRATION_SCOPE:-ci}" tests/integration.sh
 }
 
 stages=("$@")
@@ -214,6 +227,10 @@ unit_beside=0
 if [[ " ${stages[*]} " == *" unit "* && " ${stages[*]} " == *" molecule "* && -z ${TPSERVE_CI_SERIAL:-} ]]; then
   unit_beside=1
 fi
+if [[ " ${stages[*]} " == *" integration "* ]]; then
+  mapfile -t on_integration_lab < <(tests/integration.sh --verifies)
+fi
 if ((teardown_labs)); then image_prefetch; fi
+if ((unit_beside)) && has_tests app/tests; then beside_start app/tests; fi
 for s in "${stages[@]}"; do "stage_${s}"; done
 beside_wait
