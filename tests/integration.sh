@@ -42,6 +42,8 @@ if [[ ${1:-} == --verifies ]]; then
 fi
 export PATH="${PWD}/.venv/bin:${PATH}"
 export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
+# every run's log ends with its slowest tasks (plugins/callback/tpserve_profile.py)
+export ANSIBLE_CALLBACKS_ENABLED=${ANSIBLE_CALLBACKS_ENABLED:-tpserve_profile}
 INVENTORY=${LAB_INVENTORY:-inventory/lab}
 # Extra ansible-playbook arguments for every run, e.g. INTEGRATION_ARGS="-e foo=bar -v".
 read -r -a EXTRA <<<"${INTEGRATION_ARGS:-}"
